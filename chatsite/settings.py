@@ -1,0 +1,179 @@
+"""Django settings, read from the environment (see ../shared/CONTRACT.md and README).
+
+Every variable the project reads is named in ``ENVIRONMENT`` below, so that the helm chart's
+tests can check that the chart sets only variables that exist here.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# name -> one-line meaning; the single list of what this project reads from the environment.
+ENVIRONMENT: dict[str, str] = {
+    "REDIS_URL": "redis:// or rediss:// URL; empty starts an embedded Redis",
+    "DATABASE_URL": "database URL; empty uses SQLite in CHAT_DATA_DIR",
+    "CHAT_NODE_NAME": "unique node name (default hostname-pid)",
+    "CHAT_LEASE_TTL_MS": "how long a silent node keeps its rooms",
+    "CHAT_DRAIN_TIMEOUT_S": "upper bound for a graceful drain",
+    "CHAT_ALLOW_GUESTS": "guests may join with ?name=",
+    "CHAT_HISTORY_LIMIT": "durable events kept per room in Redis at least",
+    "CHAT_RATE_LIMIT": "N/S: at most N commands per S seconds per user per room",
+    "CHAT_SEND_TIMEOUT_MS": "how long a node retries a command while its room changes owner",
+    "CHAT_ROOM_IDLE_S": "idle rooms are passivated after this long",
+    "CHAT_DATA_DIR": "where the embedded Redis and SQLite keep their files",
+    "CHAT_LOG_LEVEL": "log level of the chat loggers",
+    "DJANGO_SECRET_KEY": "secret key; production must set it",
+    "DJANGO_DEBUG": "true/false",
+    "DJANGO_ALLOWED_HOSTS": "comma-separated host names",
+    "DJANGO_CSRF_TRUSTED_ORIGINS": "comma-separated origins allowed for forms and sockets",
+}
+
+
+def _env(name: str, default: str) -> str:
+    assert name in ENVIRONMENT, f"{name} is not declared in ENVIRONMENT"
+    value = os.environ.get(name, "")
+    return value if value.strip() else default
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = _env(name, "true" if default else "false").strip().lower()
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = _env(name, str(default))
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in _env(name, default).split(",") if item.strip()]
+
+
+def parse_rate_limit(raw: str) -> tuple[int, float]:
+    """``"20/10"`` -> (20, 10.0); raises ValueError with a clear message otherwise."""
+    parts = raw.strip().split("/")
+    try:
+        count, seconds = int(parts[0]), float(parts[1])
+        if len(parts) != 2 or count < 1 or seconds <= 0:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(f"CHAT_RATE_LIMIT={raw!r} must look like N/S, e.g. 20/10") from None
+    return count, seconds
+
+
+DEBUG = _env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = _env("DJANGO_SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+CHAT_DATA_DIR = Path(_env("CHAT_DATA_DIR", str(BASE_DIR / "var")))
+CHAT_REDIS_URL = _env("REDIS_URL", "")
+CHAT_NODE_NAME = _env("CHAT_NODE_NAME", f"{socket.gethostname()}-{os.getpid()}")
+CHAT_LEASE_TTL_MS = _env_int("CHAT_LEASE_TTL_MS", 3000, minimum=300)
+CHAT_DRAIN_TIMEOUT_S = _env_int("CHAT_DRAIN_TIMEOUT_S", 20)
+CHAT_ALLOW_GUESTS = _env_bool("CHAT_ALLOW_GUESTS", True)
+CHAT_HISTORY_LIMIT = _env_int("CHAT_HISTORY_LIMIT", 10000, minimum=100)
+CHAT_RATE_LIMIT = parse_rate_limit(_env("CHAT_RATE_LIMIT", "20/10"))
+CHAT_SEND_TIMEOUT_MS = _env_int("CHAT_SEND_TIMEOUT_MS", 5000, minimum=100)
+CHAT_ROOM_IDLE_S = _env_int("CHAT_ROOM_IDLE_S", 300)
+CHAT_LOG_LEVEL = _env("CHAT_LOG_LEVEL", "INFO").upper()
+CHAT_MAX_BODY = 4000
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "channels",
+    "chatsite",
+    "rooms",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+_default_db = f"sqlite:///{CHAT_DATA_DIR / 'chat.sqlite3'}"
+DATABASES = {"default": dj_database_url.parse(_env("DATABASE_URL", _default_db), conn_max_age=0)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Two nodes share one SQLite file in development: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"  # collectstatic target (the image runs it at build time)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "home"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "cluster": {"level": CHAT_LOG_LEVEL},
+        "rooms": {"level": CHAT_LOG_LEVEL},
+        "chatsite": {"level": CHAT_LOG_LEVEL},
+    },
+}

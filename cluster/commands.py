@@ -1,0 +1,63 @@
+"""Commands a client sends, their validation, and what the owner answers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from .errors import CommandError
+
+CommandType = Literal["send", "edit", "delete"]
+COMMAND_TYPES: tuple[CommandType, ...] = ("send", "edit", "delete")
+MAX_CLIENT_ID = 100
+
+
+@dataclass(frozen=True)
+class Command:
+    type: CommandType
+    user: str
+    client_id: str
+    body: str = ""
+    id: str = ""
+    is_staff: bool = False
+    # False when the server made the client_id up (the client sent none): it is not echoed.
+    client_id_given: bool = True
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Command:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class Ack:
+    client_id: str
+    seq: int
+    id: str
+    duplicate: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Ack:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def validate(command: Command, *, max_body: int) -> None:
+    """Checks that need no state; the room server runs them again before it appends."""
+    if command.type not in COMMAND_TYPES:
+        raise CommandError("bad_request", f"unknown command type {command.type!r}")
+    if not command.client_id or len(command.client_id) > MAX_CLIENT_ID:
+        raise CommandError("bad_request", f"client_id must be 1 to {MAX_CLIENT_ID} characters")
+    if command.type in ("send", "edit"):
+        if not command.body.strip():
+            raise CommandError("bad_request", "body must not be empty")
+        if len(command.body) > max_body:
+            raise CommandError(
+                "too_large", f"body has {len(command.body)} characters; the limit is {max_body}"
+            )
+    if command.type in ("edit", "delete") and not command.id:
+        raise CommandError("bad_request", f"{command.type} needs the id of a message")

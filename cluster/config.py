@@ -1,0 +1,31 @@
+"""The cluster runtime's settings, as plain values (``rooms/`` fills them from Django)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    node_name: str
+    lease_ttl_ms: int = 3000
+    history_limit: int = 10_000
+    rate_limit: tuple[int, float] = (20, 10.0)
+    send_timeout_ms: int = 5000
+    room_idle_s: float = 300.0
+    drain_timeout_s: float = 20.0
+    max_body: int = 4000
+    # A re-sent command is recognised for this long (clients resend within seconds or minutes).
+    dedupe_ttl_s: int = 86_400
+    # Recent messages the room server keeps in memory (edit and delete checks, hand-off state).
+    state_window: int = 200
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        # Three beats per TTL: one lost beat never costs a node its rooms.
+        return self.lease_ttl_ms / 3000.0
+
+    @property
+    def membership_poll_s(self) -> float:
+        # Departures are noticed within a fraction of the TTL, well inside "within a second".
+        return min(0.25, self.lease_ttl_ms / 6000.0)

@@ -1,0 +1,91 @@
+"""Every Redis key and pub/sub channel name, in one place.
+
+All keys of one room share the hash tag ``{room:SLUG}`` so that a room never spans Redis Cluster
+shards and its Lua scripts touch a single slot. Node keys carry their own tag ``{node:NAME}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "chat"
+
+
+@dataclass(frozen=True)
+class RoomKeys:
+    slug: str
+
+    @property
+    def tag(self) -> str:
+        return f"{PREFIX}:{{room:{self.slug}}}"
+
+    @property
+    def log(self) -> str:
+        """Stream of durable events; entry id ``SEQ-0`` so a seq range is an id range."""
+        return f"{self.tag}:log"
+
+    @property
+    def seq(self) -> str:
+        """Highest seq ever assigned (only grows)."""
+        return f"{self.tag}:seq"
+
+    @property
+    def lease(self) -> str:
+        """Hash {node, epoch}: the room's current owner."""
+        return f"{self.tag}:lease"
+
+    @property
+    def epoch(self) -> str:
+        """Highest fencing epoch ever granted (survives release, only grows)."""
+        return f"{self.tag}:epoch"
+
+    def dedupe(self, user: str, client_id: str) -> str:
+        """``seq id`` of an applied command, kept for a day for idempotent re-sends."""
+        return f"{self.tag}:dedupe:{len(user)}:{user}:{client_id}"
+
+    @property
+    def presence(self) -> str:
+        """Hash ``node\\x1fuser`` -> socket count on that node."""
+        return f"{self.tag}:presence"
+
+    @property
+    def state(self) -> str:
+        """Stream of CRDT deltas and snapshots of the room server's state."""
+        return f"{self.tag}:state"
+
+    @property
+    def closed(self) -> str:
+        """Present while the room is archived; every append checks it."""
+        return f"{self.tag}:closed"
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel: durable events (``E``) and ephemeral ones (``T``/``P``)."""
+        return f"{self.tag}:events"
+
+
+def node_key(name: str) -> str:
+    """String key holding the node's session token, with a TTL: the node's liveness."""
+    return f"{PREFIX}:{{node:{name}}}:alive"
+
+
+def node_rooms_key(name: str) -> str:
+    """Set of rooms the node owns (an index for fast take-over, not the truth)."""
+    return f"{PREFIX}:{{node:{name}}}:rooms"
+
+
+def node_rpc_channel(name: str) -> str:
+    return f"{PREFIX}:{{node:{name}}}:rpc"
+
+
+NODES = f"{PREFIX}:nodes"  # zset name -> last heartbeat (Redis time, ms)
+NODE_INFO = f"{PREFIX}:nodeinfo"  # hash name -> JSON {state, rooms, connections}
+CLUSTER_CHANNEL = f"{PREFIX}:cluster"  # membership and hand-off announcements
+ROOM_PREFIX = f"{PREFIX}:{{room:"
+
+
+def slug_from_key(key: str) -> str | None:
+    if not key.startswith(ROOM_PREFIX):
+        return None
+    end = key.find("}", len(ROOM_PREFIX))
+    return key[len(ROOM_PREFIX) : end] if end > 0 else None

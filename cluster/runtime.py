@@ -1,0 +1,244 @@
+"""The cluster runtime of one node: the single facade that ``rooms/`` talks to.
+
+Lifecycle: ``start()`` (connect, join, serve) → ``drain()`` on SIGTERM (hand rooms off, close
+sockets with 1012) → ``stop()`` (leave, cancel every task). Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from redis.asyncio import Redis
+
+from . import keys
+from .commands import Ack, Command
+from .config import ClusterConfig
+from .fanout import SEP, Attachment, Fanout, Listener
+from .hub import PubSubHub
+from .keys import RoomKeys
+from .log import LogRange, RoomLog
+from .membership import Membership
+from .registry import RoomRegistry
+from .router import CommandRouter
+from .rpc import Rpc
+from .supervisor import Supervisor
+from .tasks import TaskGroup
+
+logger = logging.getLogger("cluster.runtime")
+
+RuntimeState = Literal["new", "running", "draining", "stopped"]
+CLOSE_DRAINING = 1012
+
+
+async def _no_floor(slug: str) -> int:
+    return 0
+
+
+@dataclass
+class RuntimeHooks:
+    """What the cluster asks of the application (the database, in ``rooms/``)."""
+
+    # The highest seq the application durably knows for a room (seqs never go below it).
+    seq_floor: Callable[[str], Awaitable[int]] = _no_floor
+    # Called now and then with a room's highest seq, to be kept outside Redis.
+    checkpoint: Callable[[str, int], Awaitable[None]] | None = None
+
+
+@dataclass
+class ClusterRuntime:
+    config: ClusterConfig
+    redis_url: str
+    hooks: RuntimeHooks = field(default_factory=RuntimeHooks)
+    state: RuntimeState = "new"
+
+    def __post_init__(self) -> None:
+        self.node = self.config.node_name
+        self.redis = Redis.from_url(
+            self.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+        )
+        self.log = RoomLog(
+            self.redis,
+            history_limit=self.config.history_limit,
+            dedupe_ttl_s=self.config.dedupe_ttl_s,
+        )
+        self.hub = PubSubHub(self.redis, on_reconnect=self._on_reconnect)
+        self.registry = RoomRegistry(self.redis, self.node)
+        self.membership = Membership(
+            self.redis, self.config, stats=self._stats, on_lost=self._on_lost
+        )
+        self.fanout = Fanout(
+            self.redis, self.hub, self.log, self.node, is_live=self.membership.is_live
+        )
+        self.supervisor = Supervisor(
+            config=self.config,
+            log=self.log,
+            registry=self.registry,
+            membership=self.membership,
+            seq_floor=self.hooks.seq_floor,
+            checkpoint=self.hooks.checkpoint,
+            room_is_idle=self._room_is_idle,
+        )
+        self.rpc = Rpc(self.redis, self.hub, self.node, self._serve_rpc)
+        self.router = CommandRouter(
+            config=self.config,
+            registry=self.registry,
+            membership=self.membership,
+            supervisor=self.supervisor,
+            rpc=self.rpc,
+        )
+        self.membership.add_listener(self._on_membership)
+        self._tasks = TaskGroup("runtime")
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.hub.start()
+        await self.hub.subscribe(keys.CLUSTER_CHANNEL, self._on_cluster_message)
+        await self.rpc.start()
+        await self.membership.start()
+        await self.supervisor.start()
+        self.state = "running"
+        logger.info("node %s joined the cluster (%d live)", self.node, len(self.membership.live))
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Stop taking traffic, hand every room off, close sockets with 1012."""
+        if self.state != "running":
+            return
+        self.state = "draining"
+        timeout = timeout_s if timeout_s is not None else self.config.drain_timeout_s
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            await asyncio.wait_for(self._drain_steps(), timeout)
+        except TimeoutError:
+            logger.error("drain did not finish in %.1fs; stopping anyway", timeout)
+        logger.info("drain finished in %.3fs", loop.time() - started)
+
+    async def _drain_steps(self) -> None:
+        try:
+            await self.membership.set_state("draining")
+        except Exception:
+            logger.warning("could not announce draining; handing rooms off anyway")
+        await self.supervisor.drain()
+        self.fanout.close_all(CLOSE_DRAINING)
+        while self.fanout.connections:
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        await self._tasks.stop()
+        await self.supervisor.stop()
+        await self.fanout.stop()
+        await self.rpc.stop()
+        await self.membership.stop()
+        await self.hub.stop()
+        await self.redis.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self.state == "running"
+            and self.membership.healthy
+            and self.hub.connected.is_set()
+            and self.membership.seconds_since_healthy() < self.config.lease_ttl_ms / 1000
+        )
+
+    # -- what the consumer and views use ---------------------------------------------------
+
+    async def submit(self, slug: str, command: Command) -> Ack:
+        return await self.router.submit(slug, command)
+
+    async def attach(self, slug: str, listener: Listener) -> Attachment:
+        return await self.fanout.attach(slug, listener)
+
+    async def detach(self, slug: str, listener: Listener) -> None:
+        await self.fanout.detach(slug, listener)
+
+    async def replay(self, slug: str, *, after: int, until: int) -> LogRange:
+        return await self.log.read_all(slug, after=after, until=until)
+
+    async def events(self, slug: str, *, after: int, limit: int) -> LogRange:
+        return await self.log.read(slug, after=after, limit=limit)
+
+    async def typing(self, slug: str, user: str) -> None:
+        await self.fanout.typing(slug, user)
+
+    async def online(self, slugs: list[str]) -> dict[str, list[str]]:
+        """Users present in each room, cluster-wide, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for slug in slugs:
+                pipe.hgetall(RoomKeys(slug).presence)
+            rows = await pipe.execute()
+        result: dict[str, list[str]] = {}
+        for slug, row in zip(slugs, rows, strict=True):
+            users = set()
+            for key, count in row.items():
+                node, _, user = key.partition(SEP)
+                if int(count) > 0 and self.membership.is_live(node):
+                    users.add(user)
+            result[slug] = sorted(users)
+        return result
+
+    async def cluster_view(self) -> dict[str, Any]:
+        await self.membership.refresh()
+        nodes = [
+            {
+                "name": info.name,
+                "state": info.state,
+                "rooms": info.rooms,
+                "connections": info.connections,
+                "last_seen_ms": info.last_seen_ms,
+            }
+            for info in sorted(self.membership.nodes.values(), key=lambda i: i.name)
+        ]
+        leases = await self.registry.leases_of(self.membership.live)
+        rooms = [{"slug": x.slug, "owner": x.node, "epoch": x.epoch} for x in leases]
+        return {"node": self.node, "nodes": nodes, "rooms": rooms}
+
+    # -- wiring ----------------------------------------------------------------------------
+
+    def _stats(self) -> tuple[int, int]:
+        return len(self.supervisor.servers), self.fanout.connections
+
+    async def _room_is_idle(self, slug: str) -> bool:
+        return not (await self.online([slug]))[slug]
+
+    async def _serve_rpc(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self.router.serve(op, payload)
+
+    async def _on_lost(self) -> None:
+        await self.supervisor.drop_all()
+
+    async def _on_reconnect(self) -> None:
+        self.membership.poke()
+        await self.fanout.resync()
+
+    async def _on_membership(self, joined: set[str], left: set[str]) -> None:
+        if left:
+            await self.fanout.on_nodes_left(left)
+        await self.supervisor.on_membership(joined, left)
+
+    def _on_cluster_message(self, data: str) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            logger.warning("malformed cluster message dropped: %.200s", data)
+            return
+        op = message.get("op")
+        if op in ("join", "leave"):
+            self.membership.poke()
+        elif op in ("owner", "released"):
+            self.registry.on_announcement(message)
+            if op == "released" and message.get("successor") == self.node:
+                self._tasks.spawn(self.supervisor.on_announcement(message), "claim-handoff")

@@ -1,0 +1,111 @@
+"""Every Lua script the cluster runs, each with its KEYS / ARGV / returns header.
+
+A compare-and-act on a room touches only keys under that room's hash tag, so each script runs
+on one Redis Cluster slot. Scripts are written for Redis 6.2 (the embedded server's version).
+"""
+
+from __future__ import annotations
+
+# Append one durable event to a room's log, fenced by the owner's epoch.
+# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 dedupe key, 5 closed flag
+# ARGV: 1 node, 2 epoch, 3 seq floor (the new seq must exceed it), 4 MAXLEN (approximate, >=),
+#       5 dedupe TTL seconds, 6 event JSON (no seq), 7 pub/sub channel, 8 event id ("" = "m"..seq),
+#       9 "1" to dedupe by KEYS[4]
+# returns: {"ok", seq, id} | {"dup", seq, id} | {"fenced", owner, epoch} | {"closed"}
+# Why one script: dedupe, seq assignment, the append and the publish must be one step, or a
+# crash between them leaves a seq without an event or an event nobody was told about.
+APPEND_EVENT = """
+local owner = redis.call('HGET', KEYS[1], 'node')
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if owner ~= ARGV[1] or epoch ~= ARGV[2] then
+  return {'fenced', owner or '', epoch or ''}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return {'closed'}
+end
+if ARGV[9] == '1' then
+  local prior = redis.call('GET', KEYS[4])
+  if prior then
+    local sep = string.find(prior, ' ', 1, true)
+    return {'dup', string.sub(prior, 1, sep - 1), string.sub(prior, sep + 1)}
+  end
+end
+local seq = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if seq <= floor then
+  seq = floor + 1
+  redis.call('SET', KEYS[2], seq)
+end
+local id = ARGV[8]
+if id == '' then id = 'm' .. seq end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[6])
+if ARGV[9] == '1' then
+  redis.call('SET', KEYS[4], seq .. ' ' .. id, 'EX', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[7], 'E' .. seq .. ' ' .. ARGV[6])
+return {'ok', tostring(seq), id}
+"""
+
+# Claim a room's lease with a new, higher fencing epoch.
+# KEYS: 1 lease hash, 2 epoch counter
+# ARGV: 1 claiming node, 2 node presumed dead whose lease may be taken over ("" = none),
+#       3 epoch floor (the new epoch must exceed it: survives a Redis that lost the counter)
+# returns: {"ok", node, epoch} | {"taken", owner, epoch}
+# A node may re-claim its own lease: the new epoch fences any older server it still runs.
+CLAIM_LEASE = """
+local owner = redis.call('HGET', KEYS[1], 'node')
+if owner and owner ~= ARGV[1] and owner ~= ARGV[2] then
+  return {'taken', owner, redis.call('HGET', KEYS[1], 'epoch') or ''}
+end
+local e = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[2], e)
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', e)
+return {'ok', ARGV[1], tostring(e)}
+"""
+
+# Release a lease if (and only if) it is still ours at this epoch.
+# KEYS: 1 lease hash
+# ARGV: 1 node, 2 epoch
+# returns: 1 released, 0 not ours any more
+RELEASE_LEASE = """
+if redis.call('HGET', KEYS[1], 'node') == ARGV[1]
+   and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# Keep a node alive: renew its liveness key if it still holds our session token.
+# KEYS: 1 node liveness key
+# ARGV: 1 session token, 2 TTL ms, 3 "register" to create it, "renew" to only extend it
+# returns: {status, redis_time_ms}; status "ok" or "lost" (the key expired or was replaced:
+#          the cluster presumed us dead and may have taken our rooms)
+NODE_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local current = redis.call('GET', KEYS[1])
+if ARGV[3] == 'register' or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {'ok', tostring(now)}
+end
+return {'lost', tostring(now)}
+"""
+
+# Raise a room's seq counter to at least a floor (after Redis lost it); never lowers it.
+# KEYS: 1 seq counter
+# ARGV: 1 floor
+# returns: the counter's value afterwards
+RAISE_SEQ_FLOOR = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local floor = tonumber(ARGV[1])
+if current < floor then
+  redis.call('SET', KEYS[1], floor)
+  return floor
+end
+return current
+"""

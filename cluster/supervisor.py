@@ -1,0 +1,242 @@
+"""Starts, restarts, moves and retires this node's room servers.
+
+The Python take on Horde.DynamicSupervisor: rooms are placed by rendezvous hashing over the live
+nodes; a dead node's rooms are claimed by their next preferred node with a higher epoch; a
+crashing room server is restarted a few times, then released for another node to try; idle rooms
+are passivated; a draining or rebalancing node hands rooms to their successor, who claims at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import keys
+from .config import ClusterConfig
+from .log import RoomLog
+from .membership import Membership
+from .placement import preferred_node
+from .registry import Lease, LeaseTaken, RoomRegistry
+from .room_server import Checkpoint, RoomServer
+from .tasks import TaskGroup, run_forever
+
+logger = logging.getLogger("cluster.supervisor")
+
+SeqFloor = Callable[[str], Awaitable[int]]
+RoomIsIdle = Callable[[str], Awaitable[bool]]
+
+MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
+RESTART_WINDOW_S = 30.0
+REBALANCE_BATCH = 5  # rooms handed to a newcomer per step, so a join never stalls many rooms
+SWEEP_INTERVAL_S = 2.0
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        config: ClusterConfig,
+        log: RoomLog,
+        registry: RoomRegistry,
+        membership: Membership,
+        seq_floor: SeqFloor,
+        checkpoint: Checkpoint | None,
+        room_is_idle: RoomIsIdle,
+    ) -> None:
+        self.node = config.node_name
+        self._config = config
+        self._log = log
+        self._registry = registry
+        self._membership = membership
+        self._seq_floor = seq_floor
+        self._checkpoint = checkpoint
+        self._room_is_idle = room_is_idle
+        self.servers: dict[str, RoomServer] = {}
+        self._activating: dict[str, asyncio.Task[RoomServer]] = {}
+        self._crashes: dict[str, list[float]] = {}
+        self._tasks = TaskGroup("supervisor")
+        self.draining = False
+        self.handoffs = 0
+        self.takeovers = 0
+
+    async def start(self) -> None:
+        self._tasks.spawn(
+            run_forever("passivate", self._passivate_idle, interval_s=self._passivate_interval()),
+            "passivate",
+        )
+        self._tasks.spawn(
+            run_forever("sweep", self.sweep_orphans, interval_s=SWEEP_INTERVAL_S), "sweep"
+        )
+
+    async def stop(self) -> None:
+        await self._tasks.stop()
+        for server in list(self.servers.values()):
+            await server.stop()
+        self.servers.clear()
+
+    def get(self, slug: str) -> RoomServer | None:
+        server = self.servers.get(slug)
+        return server if server is not None and server.accepting else None
+
+    async def activate(self, slug: str, *, presumed_dead: str = "") -> RoomServer:
+        """Own ``slug`` here (claiming its lease) and serve it; raises LeaseTaken."""
+        server = self.get(slug)
+        if server is not None:
+            return server
+        if self.draining:
+            raise LeaseTaken(slug, "", 0)
+        pending = self._activating.get(slug)
+        if pending is None:
+            pending = asyncio.get_running_loop().create_task(self._activate(slug, presumed_dead))
+            self._activating[slug] = pending
+            pending.add_done_callback(lambda _t: self._activating.pop(slug, None))
+        return await asyncio.shield(pending)
+
+    async def _activate(self, slug: str, presumed_dead: str) -> RoomServer:
+        old = self.servers.pop(slug, None)
+        if old is not None:
+            await old.stop()
+        lease = await self._registry.claim(slug, presumed_dead=presumed_dead)
+        floor = await self._seq_floor(slug)
+        server = RoomServer(
+            lease, log=self._log, config=self._config, seq_floor=floor, checkpoint=self._checkpoint
+        )
+        try:
+            await server.start()
+        except BaseException:
+            await self._registry.release(lease)
+            raise
+        self.servers[slug] = server
+        assert server.task is not None
+        server.task.add_done_callback(lambda task: self._on_server_done(server, task))
+        if presumed_dead:
+            self.takeovers += 1
+            await self._registry.forget_index(presumed_dead, [slug])
+        logger.info("room %s active here at epoch %d", slug, lease.epoch)
+        return server
+
+    def _on_server_done(self, server: RoomServer, task: asyncio.Task[Any]) -> None:
+        if self.servers.get(server.slug) is not server:
+            return
+        if task.cancelled() or task.exception() is None:
+            if server.fenced:
+                self.servers.pop(server.slug, None)
+            return
+        logger.error("room server %s crashed", server.slug, exc_info=task.exception())
+        now = time.monotonic()
+        crashes = [t for t in self._crashes.get(server.slug, []) if t > now - RESTART_WINDOW_S]
+        crashes.append(now)
+        self._crashes[server.slug] = crashes
+        self.servers.pop(server.slug, None)
+        if len(crashes) > MAX_RESTARTS:
+            logger.error("room %s crashed %d times; releasing it", server.slug, len(crashes))
+            self._tasks.spawn(self._retire(server, successor=None), f"retire:{server.slug}")
+        else:
+            self._tasks.spawn(self._restart(server.slug), f"restart:{server.slug}")
+
+    async def _restart(self, slug: str) -> None:
+        try:
+            await self.activate(slug)
+        except LeaseTaken:
+            pass
+
+    async def _retire(self, server: RoomServer, *, successor: str | None) -> None:
+        await server.stop()
+        if self.servers.get(server.slug) is server:
+            del self.servers[server.slug]
+        await self._registry.release(server.lease, successor=successor)
+
+    async def handoff(self, slug: str, successor: str | None) -> bool:
+        """Move ``slug`` to ``successor`` (who claims at once when told); False if not ours."""
+        server = self.servers.get(slug)
+        if server is None:
+            return False
+        await self._retire(server, successor=successor)
+        self.handoffs += 1
+        return True
+
+    async def drop_all(self) -> None:
+        """The cluster presumed us dead: our leases may be someone else's now. Stop serving."""
+        servers = list(self.servers.values())
+        self.servers.clear()
+        for server in servers:
+            server.accepting = False
+            await server.stop()
+
+    async def drain(self) -> None:
+        """Hand every room to its next preferred node; they claim at once, nobody waits."""
+        self.draining = True
+        others = [n for n in self._membership.up if n != self.node]
+        slugs = list(self.servers)
+        await asyncio.gather(
+            *(self.handoff(slug, preferred_node(slug, others)) for slug in slugs),
+            return_exceptions=True,
+        )
+
+    async def on_announcement(self, message: dict[str, Any]) -> None:
+        """A room was released naming us as successor: claim it now."""
+        if message.get("op") != "released" or message.get("successor") != self.node:
+            return
+        slug = str(message["room"])
+        try:
+            await self.activate(slug)
+        except LeaseTaken:
+            pass
+
+    async def on_membership(self, joined: set[str], left: set[str]) -> None:
+        for node in left:
+            self._registry.forget_node(node)
+        if left:
+            await self.sweep_orphans(dead=sorted(left))
+        if joined - {self.node} and not self.draining:
+            await self.rebalance()
+
+    async def sweep_orphans(self, dead: list[str] | None = None) -> None:
+        """Claim the rooms of dead nodes for which this node is now the preferred owner."""
+        if self.draining or not self._membership.healthy:
+            return
+        if dead is None:
+            dead = await self._dead_nodes()
+        up = self._membership.up
+        for node in dead:
+            for slug in await self._registry.rooms_of(node):
+                if preferred_node(slug, up) != self.node or slug in self.servers:
+                    continue
+                try:
+                    await self.activate(slug, presumed_dead=node)
+                except LeaseTaken as taken:
+                    if taken.owner != node:
+                        await self._registry.forget_index(node, [slug])
+                except Exception:
+                    logger.exception("taking over %s from %s failed", slug, node)
+
+    async def _dead_nodes(self) -> list[str]:
+        members = await self._membership.redis.zrange(keys.NODES, 0, -1)
+        return [m for m in members if not self._membership.is_live(m)]
+
+    async def rebalance(self) -> None:
+        """Move rooms that now prefer another (up) node to it, a few at a time."""
+        up = self._membership.up
+        moving = [s for s in self.servers if preferred_node(s, up) not in (self.node, None)]
+        for i in range(0, len(moving), REBALANCE_BATCH):
+            batch = moving[i : i + REBALANCE_BATCH]
+            await asyncio.gather(
+                *(self.handoff(slug, preferred_node(slug, up)) for slug in batch),
+                return_exceptions=True,
+            )
+
+    async def _passivate_idle(self) -> None:
+        cutoff = time.monotonic() - self._config.room_idle_s
+        for slug, server in list(self.servers.items()):
+            if server.last_activity < cutoff and await self._room_is_idle(slug):
+                logger.info("passivating idle room %s", slug)
+                await self._retire(server, successor=None)
+
+    def _passivate_interval(self) -> float:
+        return max(0.5, min(10.0, self._config.room_idle_s / 4))
+
+    def leases(self) -> list[Lease]:
+        return [s.lease for s in self.servers.values() if s.accepting]
