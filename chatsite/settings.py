@@ -139,6 +139,8 @@ TEMPLATES = [
 ]
 
 _default_db = f"sqlite:///{CHAT_DATA_DIR / 'chat.sqlite3'}"
+if not _env("DATABASE_URL", ""):
+    CHAT_DATA_DIR.mkdir(parents=True, exist_ok=True)  # SQLite needs its folder to exist
 DATABASES = {"default": dj_database_url.parse(_env("DATABASE_URL", _default_db), conn_max_age=0)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Two nodes share one SQLite file in development: wait for the lock instead of failing.

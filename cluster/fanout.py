@@ -101,8 +101,9 @@ class Fanout:
             room = self.rooms.get(slug)
             if room is None:
                 room = await self._open(slug)
-            room.listeners.add(listener)
+            # Presence first: the listener learns of itself from presence_state, not a diff.
             await self._presence_add(room, listener.user)
+            room.listeners.add(listener)
             return Attachment(room.last_seq, room.users())
 
     async def detach(self, slug: str, listener: Listener) -> None:

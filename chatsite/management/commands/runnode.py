@@ -1,0 +1,98 @@
+"""``runnode``: one cluster node, the ASGI server and the cluster runtime in one event loop.
+
+Daphne implements no ASGI lifespan, so this command owns the lifecycle: start the runtime when
+the reactor runs, serve, and on SIGTERM drain (readyz 503, rooms handed off, sockets closed with
+1012), stop the runtime, stop the reactor, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+import daphne.server
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from cluster.embedded import EmbeddedRedis
+
+logger = logging.getLogger("chatsite.runnode")
+
+
+class Command(BaseCommand):
+    help = "Run one chat node: HTTP + WebSocket server and cluster runtime."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--node-name", default=None, help="overrides CHAT_NODE_NAME")
+
+    def handle(self, *args: Any, host: str, port: int, node_name: str | None, **opts: Any) -> None:
+        from channels.routing import get_default_application
+        from twisted.internet import reactor
+
+        from rooms.runtime import build_runtime, install
+
+        if node_name:
+            settings.CHAT_NODE_NAME = node_name
+        embedded: EmbeddedRedis | None = None
+        if not settings.CHAT_REDIS_URL:
+            embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
+            settings.CHAT_REDIS_URL = embedded.url
+            self.stdout.write(f"embedded Redis at {embedded.url} (pid {embedded.process.pid})")
+        runtime = build_runtime(settings.CHAT_REDIS_URL)
+        install(runtime)
+        server = daphne.server.Server(
+            application=get_default_application(),
+            endpoints=[f"tcp:port={port}:interface={host}"],
+            signal_handlers=False,
+            application_close_timeout=5,
+            websocket_handshake_timeout=10,
+        )
+        state = {"exit": 0, "stopping": False}
+
+        async def start() -> None:
+            try:
+                await runtime.start()
+            except Exception:
+                logger.exception("could not start the cluster runtime")
+                state["exit"] = 1
+                reactor.stop()
+                return
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(shutdown()))
+            loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(shutdown()))
+            redis_url = _safe(settings.CHAT_REDIS_URL)
+            self.stdout.write(f"node {runtime.node} serving on http://{host}:{port}/ ({redis_url})")
+            self.stdout.flush()
+
+        async def shutdown() -> None:
+            if state["stopping"]:
+                return
+            state["stopping"] = True
+            logger.info("SIGTERM: draining node %s", runtime.node)
+            try:
+                await runtime.drain()
+            finally:
+                await runtime.stop()
+                install(None)
+                reactor.stop()
+
+        reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
+        try:
+            server.run()
+        finally:
+            if embedded is not None:
+                embedded.stop()
+        sys.exit(int(state["exit"]))
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.split('@', 1)[1]}"

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from rooms import views_api
+
+urlpatterns = [
+    path("healthz", views_api.healthz, name="healthz"),
+    path("readyz", views_api.readyz, name="readyz"),
+    path("metrics", views_api.metrics_view, name="metrics"),
+    path("api/rooms/", views_api.rooms_list, name="api-rooms"),
+    path("api/rooms/<str:slug>/events", views_api.room_events, name="api-room-events"),
+    path("api/cluster/", views_api.cluster, name="api-cluster"),
+    path("admin/", admin.site.urls),
+    path("", include("rooms.urls_web")),
+]

@@ -1,0 +1,377 @@
+{{/* vim: set filetype=mustache: */}}
+
+{{/*
+Chart name, overridable.
+*/}}
+{{- define "chat.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Fully qualified app name. Truncated at 57 characters so that suffixed names ("-redis",
+"-headless", "-migrate") stay within the 63 characters of a DNS label. When the release
+name already contains the chart name it is used alone.
+*/}}
+{{- define "chat.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 57 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 57 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 57 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Chart name and version, for the helm.sh/chart label.
+*/}}
+{{- define "chat.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Labels of every resource.
+*/}}
+{{- define "chat.labels" -}}
+helm.sh/chart: {{ include "chat.chart" . }}
+app.kubernetes.io/name: {{ include "chat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: {{ include "chat.name" . }}
+{{- end -}}
+
+{{/*
+Selector labels of the chat nodes. Immutable in a Deployment: never change them.
+*/}}
+{{- define "chat.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node
+{{- end -}}
+
+{{/*
+Selector labels of the bundled Redis.
+*/}}
+{{- define "chat.redis.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "chat.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "chat.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) -}}
+{{- end -}}
+
+{{- define "chat.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "chat.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chat.redis.fullname" -}}
+{{- printf "%s-redis" (include "chat.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The chart's own Secret (DJANGO_SECRET_KEY, DATABASE_URL, REDIS_URL, REDIS_PASSWORD), and the
+hook copy that the migration Job reads.
+*/}}
+{{- define "chat.secretName" -}}
+{{- include "chat.fullname" . -}}
+{{- end -}}
+
+{{- define "chat.migrate.name" -}}
+{{- printf "%s-migrate" (include "chat.fullname" .) -}}
+{{- end -}}
+
+{{/*
+terminationGracePeriodSeconds: preStop + drain + 10 s unless set; an explicit value must
+exceed preStop + drain, since Kubernetes counts the preStop hook inside the grace period.
+*/}}
+{{- define "chat.terminationGracePeriodSeconds" -}}
+{{- $floor := add (int .Values.preStopSleepSeconds) (int .Values.chat.drainTimeoutSeconds) -}}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds -}}
+{{- add $floor 10 -}}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $floor -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be larger than preStopSleepSeconds + chat.drainTimeoutSeconds (%d), or the drain is cut short by SIGKILL" (int .Values.terminationGracePeriodSeconds) $floor) -}}
+{{- else -}}
+{{- int .Values.terminationGracePeriodSeconds -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+DJANGO_ALLOWED_HOSTS: the user's hosts, the ingress hosts, the Service's in-cluster names, and
+localhost (the Host header the probes send).
+*/}}
+{{- define "chat.allowedHosts" -}}
+{{- $fullname := include "chat.fullname" . -}}
+{{- $hosts := list -}}
+{{- range .Values.django.allowedHosts }}{{ $hosts = append $hosts . }}{{ end -}}
+{{- if .Values.ingress.enabled -}}
+{{- range .Values.ingress.hosts }}{{ $hosts = append $hosts .host }}{{ end -}}
+{{- end -}}
+{{- $hosts = append $hosts $fullname -}}
+{{- $hosts = append $hosts (printf "%s.%s" $fullname .Release.Namespace) -}}
+{{- $hosts = append $hosts (printf "%s.%s.svc" $fullname .Release.Namespace) -}}
+{{- $hosts = append $hosts (printf "%s.%s.svc.cluster.local" $fullname .Release.Namespace) -}}
+{{- $hosts = append $hosts "localhost" -}}
+{{- $hosts | uniq | join "," -}}
+{{- end -}}
+
+{{/*
+DJANGO_CSRF_TRUSTED_ORIGINS: the user's origins and one per ingress host.
+*/}}
+{{- define "chat.csrfTrustedOrigins" -}}
+{{- $origins := list -}}
+{{- range .Values.django.csrfTrustedOrigins }}{{ $origins = append $origins . }}{{ end -}}
+{{- if .Values.ingress.enabled -}}
+{{- $tlsHosts := list -}}
+{{- range .Values.ingress.tls }}{{ $tlsHosts = concat $tlsHosts (default list .hosts) }}{{ end -}}
+{{- range .Values.ingress.hosts -}}
+{{- $scheme := ternary "https" "http" (has .host $tlsHosts) -}}
+{{- $origins = append $origins (printf "%s://%s" $scheme .host) -}}
+{{- end -}}
+{{- end -}}
+{{- $origins | uniq | join "," -}}
+{{- end -}}
+
+{{/*
+Non-secret settings, as ConfigMap data. Shared by the release's ConfigMap and the migration
+hook's copy so that both run with the same configuration.
+*/}}
+{{- define "chat.configData" -}}
+DJANGO_DEBUG: "false"
+DJANGO_ALLOWED_HOSTS: {{ include "chat.allowedHosts" . | quote }}
+{{- with include "chat.csrfTrustedOrigins" . }}
+DJANGO_CSRF_TRUSTED_ORIGINS: {{ . | quote }}
+{{- end }}
+CHAT_DATA_DIR: {{ .Values.chat.dataDir | quote }}
+CHAT_LEASE_TTL_MS: {{ .Values.chat.leaseTtlMs | int | quote }}
+CHAT_DRAIN_TIMEOUT_S: {{ .Values.chat.drainTimeoutSeconds | int | quote }}
+CHAT_ALLOW_GUESTS: {{ ternary "true" "false" .Values.chat.allowGuests | quote }}
+CHAT_HISTORY_LIMIT: {{ .Values.chat.historyLimit | int | quote }}
+CHAT_RATE_LIMIT: {{ .Values.chat.rateLimit | quote }}
+CHAT_SEND_TIMEOUT_MS: {{ .Values.chat.sendTimeoutMs | int | quote }}
+CHAT_ROOM_IDLE_S: {{ .Values.chat.roomIdleSeconds | int | quote }}
+CHAT_LOG_LEVEL: {{ .Values.chat.logLevel | upper | quote }}
+{{- end -}}
+
+{{/*
+A generated secret value that stays the same across upgrades: the value already stored in the
+release's Secret if there is one (lookup sees nothing under "helm template" or --dry-run), else
+a random one, drawn once per render and kept in .Values._generated so that the Secret and the
+migration hook's copy get the same value.
+Arguments: (dict "root" $ "key" "DJANGO_SECRET_KEY" "length" 50)
+*/}}
+{{- define "chat.generatedSecret" -}}
+{{- $root := .root -}}
+{{- if not (hasKey $root.Values "_generated") -}}
+{{- $_ := set $root.Values "_generated" dict -}}
+{{- end -}}
+{{- $cache := $root.Values._generated -}}
+{{- if not (hasKey $cache .key) -}}
+{{- $value := "" -}}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace (include "chat.secretName" $root) -}}
+{{- if and $existing $existing.data (hasKey $existing.data .key) -}}
+{{- $value = index $existing.data .key | b64dec -}}
+{{- else -}}
+{{- $value = randAlphaNum (int .length) -}}
+{{- end -}}
+{{- $_ := set $cache .key $value -}}
+{{- end -}}
+{{- index $cache .key -}}
+{{- end -}}
+
+{{- define "chat.djangoSecretKey" -}}
+{{- if .Values.django.secretKey -}}
+{{- .Values.django.secretKey -}}
+{{- else -}}
+{{- include "chat.generatedSecret" (dict "root" . "key" "DJANGO_SECRET_KEY" "length" 50) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "chat.redis.password" -}}
+{{- if .Values.redis.bundled.auth.password -}}
+{{- .Values.redis.bundled.auth.password -}}
+{{- else -}}
+{{- include "chat.generatedSecret" (dict "root" . "key" "REDIS_PASSWORD" "length" 32) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+DATABASE_URL from database.url or its parts.
+*/}}
+{{- define "chat.databaseUrl" -}}
+{{- $db := .Values.database -}}
+{{- if $db.url -}}
+{{- $db.url -}}
+{{- else -}}
+{{- if not $db.host -}}
+{{- fail "database: set database.url, database.existingSecret or database.host (the chart deploys no PostgreSQL)" -}}
+{{- end -}}
+{{- $auth := urlquery $db.user -}}
+{{- if $db.password }}{{ $auth = printf "%s:%s" $auth (urlquery $db.password) }}{{ end -}}
+{{- $url := printf "postgres://%s@%s:%d/%s" $auth $db.host (int $db.port) $db.name -}}
+{{- if $db.sslmode }}{{ $url = printf "%s?sslmode=%s" $url $db.sslmode }}{{ end -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Mount path of the external Redis CA certificate.
+*/}}
+{{- define "chat.redis.caDir" -}}
+/etc/chat/redis-ca
+{{- end -}}
+
+{{/*
+REDIS_URL for the bundled Redis or from redis.external's url or parts.
+*/}}
+{{- define "chat.redisUrl" -}}
+{{- $redis := .Values.redis -}}
+{{- if $redis.bundled.enabled -}}
+{{- $auth := "" -}}
+{{- if $redis.bundled.auth.enabled }}{{ $auth = printf ":%s@" (include "chat.redis.password" . | urlquery) }}{{ end -}}
+{{- printf "redis://%s%s.%s.svc:6379/0" $auth (include "chat.redis.fullname" .) .Release.Namespace -}}
+{{- else -}}
+{{- $ext := $redis.external -}}
+{{- if $ext.url -}}
+{{- $ext.url -}}
+{{- else -}}
+{{- $scheme := ternary "rediss" "redis" (and $ext.tls.enabled true) -}}
+{{- $auth := "" -}}
+{{- if or $ext.username $ext.password -}}
+{{- $auth = printf "%s:%s@" (urlquery $ext.username) (urlquery $ext.password) -}}
+{{- end -}}
+{{- $query := list -}}
+{{- if and $ext.tls.enabled $ext.tls.caSecret -}}
+{{- $query = append $query (printf "ssl_ca_certs=%s/%s" (include "chat.redis.caDir" .) $ext.tls.caKey) -}}
+{{- $query = append $query "ssl_cert_reqs=required" -}}
+{{- end -}}
+{{- $url := "" -}}
+{{- if $ext.sentinel.enabled -}}
+{{- if not $ext.sentinel.hosts -}}
+{{- fail "redis.external.sentinel.hosts: list at least one sentinel as host:port" -}}
+{{- end -}}
+{{- if $ext.sentinel.password -}}
+{{- $query = append $query (printf "sentinel_password=%s" (urlquery $ext.sentinel.password)) -}}
+{{- end -}}
+{{- $url = printf "%s+sentinel://%s%s/%s/%d" $scheme $auth (join "," $ext.sentinel.hosts) $ext.sentinel.masterName (int $ext.db) -}}
+{{- else -}}
+{{- if not $ext.host -}}
+{{- fail "redis: with redis.bundled.enabled=false set redis.external.url, redis.external.existingSecret, redis.external.host or redis.external.sentinel" -}}
+{{- end -}}
+{{- $url = printf "%s://%s%s:%d/%d" $scheme $auth $ext.host (int $ext.port) (int $ext.db) -}}
+{{- end -}}
+{{- if $query }}{{ $url = printf "%s?%s" $url (join "&" $query) }}{{ end -}}
+{{- $url -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Does the chart store REDIS_URL itself (true) or read it from redis.external.existingSecret?
+*/}}
+{{- define "chat.redis.urlInChartSecret" -}}
+{{- if or .Values.redis.bundled.enabled (not .Values.redis.external.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Fail early on contradictory values.
+*/}}
+{{- define "chat.validate" -}}
+{{- $ext := .Values.redis.external -}}
+{{- if and .Values.redis.bundled.enabled (or $ext.url $ext.existingSecret $ext.host $ext.sentinel.enabled) -}}
+{{- fail "redis: set redis.bundled.enabled=false to use redis.external" -}}
+{{- end -}}
+{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) -}}
+{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" -}}
+{{- end -}}
+{{- $_ := include "chat.terminationGracePeriodSeconds" . -}}
+{{- end -}}
+
+{{/*
+Environment of a chat container: secrets by reference, settings from a ConfigMap, the node
+name from the pod name. Every name here is one chatsite/settings.py reads (tests/helm checks
+it against settings.ENVIRONMENT).
+Arguments: (dict "root" $ "secretName" NAME "configMapName" NAME "withRedis" BOOL "withNodeName" BOOL)
+*/}}
+{{- define "chat.env" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- if .withNodeName }}
+- name: CHAT_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+- name: DJANGO_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      {{- if $v.django.existingSecret }}
+      name: {{ $v.django.existingSecret }}
+      key: {{ $v.django.existingSecretKey }}
+      {{- else }}
+      name: {{ .secretName }}
+      key: DJANGO_SECRET_KEY
+      {{- end }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if $v.database.existingSecret }}
+      name: {{ $v.database.existingSecret }}
+      key: {{ $v.database.existingSecretKey }}
+      {{- else }}
+      name: {{ .secretName }}
+      key: DATABASE_URL
+      {{- end }}
+{{- if .withRedis }}
+- name: REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      {{- if include "chat.redis.urlInChartSecret" $root }}
+      name: {{ .secretName }}
+      key: REDIS_URL
+      {{- else }}
+      name: {{ $v.redis.external.existingSecret }}
+      key: {{ $v.redis.external.existingSecretKey }}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Does the chart need a Secret of its own? Not when every secret comes from an existing one.
+*/}}
+{{- define "chat.secret.needed" -}}
+{{- if or (not .Values.django.existingSecret) (not .Values.database.existingSecret) (include "chat.redis.urlInChartSecret" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Secret data (stringData) shared by the release's Secret and the migration hook's copy.
+Arguments: (dict "root" $ "withRedis" BOOL)
+*/}}
+{{- define "chat.secretData" -}}
+{{- $root := .root -}}
+{{- if not $root.Values.django.existingSecret }}
+DJANGO_SECRET_KEY: {{ include "chat.djangoSecretKey" $root | quote }}
+{{- end }}
+{{- if not $root.Values.database.existingSecret }}
+DATABASE_URL: {{ include "chat.databaseUrl" $root | quote }}
+{{- end }}
+{{- if .withRedis }}
+{{- if include "chat.redis.urlInChartSecret" $root }}
+REDIS_URL: {{ include "chat.redisUrl" $root | quote }}
+{{- end }}
+{{- if and $root.Values.redis.bundled.enabled $root.Values.redis.bundled.auth.enabled }}
+REDIS_PASSWORD: {{ include "chat.redis.password" $root | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,98 @@
+"""Synchronous Redis reads and writes for Django code that runs outside the event loop
+(the admin, management commands, services called from sync views)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+from django.conf import settings
+
+from cluster import keys
+from cluster.fanout import SEP
+from cluster.keys import RoomKeys
+
+
+@lru_cache(maxsize=4)
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
+    )
+
+
+def client() -> redis.Redis:
+    if not settings.CHAT_REDIS_URL:
+        raise RuntimeError("no Redis configured (REDIS_URL is empty and no node started one)")
+    return _client(settings.CHAT_REDIS_URL)
+
+
+@dataclass(frozen=True)
+class RoomStats:
+    online: list[str]
+    messages: int
+    owner: str | None
+    last_seq: int
+
+
+def live_nodes(r: redis.Redis | None = None) -> set[str]:
+    r = r or client()
+    secs, micros = r.time()
+    now = int(secs) * 1000 + int(micros) // 1000
+    return set(r.zrangebyscore(keys.NODES, now - settings.CHAT_LEASE_TTL_MS, "+inf"))
+
+
+def room_stats(slugs: list[str]) -> dict[str, RoomStats]:
+    """People online, events kept and owner of each room, in two round trips in all."""
+    if not slugs:
+        return {}
+    r = client()
+    live = live_nodes(r)
+    pipe = r.pipeline(transaction=False)
+    for slug in slugs:
+        k = RoomKeys(slug)
+        pipe.hgetall(k.presence)
+        pipe.xlen(k.log)
+        pipe.hget(k.lease, "node")
+        pipe.get(k.seq)
+    rows = pipe.execute()
+    stats: dict[str, RoomStats] = {}
+    for i, slug in enumerate(slugs):
+        presence, length, owner, seq = rows[4 * i : 4 * i + 4]
+        online = sorted(
+            {
+                key.partition(SEP)[2]
+                for key, count in presence.items()
+                if int(count) > 0 and key.partition(SEP)[0] in live
+            }
+        )
+        stats[slug] = RoomStats(
+            online, int(length), owner if owner in live else None, int(seq or 0)
+        )
+    return stats
+
+
+def room_close(slug: str) -> None:
+    client().set(RoomKeys(slug).closed, str(int(time.time())))
+
+
+def room_reopen(slug: str) -> None:
+    client().delete(RoomKeys(slug).closed)
+
+
+def room_purge(slug: str) -> int:
+    """Drop the room's log and state; return the seq high-water (kept, so seqs never repeat)."""
+    k = RoomKeys(slug)
+    pipe = client().pipeline(transaction=True)
+    pipe.get(k.seq)
+    pipe.delete(k.log, k.state)
+    seq, _ = pipe.execute()
+    return int(seq or 0)
+
+
+def ping() -> bool:
+    try:
+        return bool(client().ping())
+    except (redis.RedisError, OSError, RuntimeError):
+        return False
