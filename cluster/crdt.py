@@ -259,7 +259,7 @@ class Entry:
             raise ValueError(f"entry timestamp must be a Timestamp, not {type(self.ts).__name__}")
         if self.value is not TOMBSTONE:
             # A private canonical copy: later mutation by the caller cannot fork replicas.
-            object.__setattr__(self, "value", _json_copy(self.value, "value"))
+            object.__setattr__(self, "value", _json_copy(self.value))
 
     @property
     def deleted(self) -> bool:
@@ -289,7 +289,7 @@ class Entry:
     __hash__ = None  # type: ignore[assignment]
 
 
-def _json_copy(value: object, where: str) -> JSONValue:
+def _json_copy(value: object) -> JSONValue:
     """A canonical deep copy (plain types, dict keys sorted) of a JSON value, or ValueError."""
     if value is None or isinstance(value, bool):
         return value
@@ -297,18 +297,18 @@ def _json_copy(value: object, where: str) -> JSONValue:
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{where}: {value!r} is not representable in JSON")
+            raise ValueError(f"{value!r} is not representable in JSON")
         return float(value)
     if isinstance(value, str):
         return str(value)
     if isinstance(value, (list, tuple)):
-        return [_json_copy(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [_json_copy(item) for item in value]
     if isinstance(value, dict):
         for key in value:
             if not isinstance(key, str):
-                raise ValueError(f"{where}: object key {key!r} is not a str")
-        return {key: _json_copy(value[key], f"{where}[{key!r}]") for key in sorted(value)}
-    raise ValueError(f"{where}: {type(value).__name__} is not a JSON value")
+                raise ValueError(f"object key {key!r} is not a str")
+        return {key: _json_copy(value[key]) for key in sorted(value)}
+    raise ValueError(f"{type(value).__name__} {value!r:.40} is not a JSON value")
 
 
 class LWWMap:

@@ -8,19 +8,20 @@ Chart name, overridable.
 {{- end -}}
 
 {{/*
-Fully qualified app name. Truncated at 57 characters so that suffixed names ("-redis",
-"-headless", "-migrate") stay within the 63 characters of a DNS label. When the release
+Fully qualified app name. Truncated at 42 characters so that derived names stay within the 63
+characters of a DNS label: "-redis-headless" Services, and the StatefulSet's pod label
+"<name>-redis-<10-character revision hash>". When the release
 name already contains the chart name it is used alone.
 */}}
 {{- define "chat.fullname" -}}
 {{- if .Values.fullnameOverride -}}
-{{- .Values.fullnameOverride | trunc 57 | trimSuffix "-" -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
 {{- else -}}
 {{- $name := default .Chart.Name .Values.nameOverride -}}
 {{- if contains $name .Release.Name -}}
-{{- .Release.Name | trunc 57 | trimSuffix "-" -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name $name | trunc 57 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -291,9 +292,6 @@ Fail early on contradictory values.
 {{- $ext := .Values.redis.external -}}
 {{- if and .Values.redis.bundled.enabled (or $ext.url $ext.existingSecret $ext.host $ext.sentinel.enabled) -}}
 {{- fail "redis: set redis.bundled.enabled=false to use redis.external" -}}
-{{- end -}}
-{{- if and .Values.podDisruptionBudget.enabled (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (not (kindIs "invalid" .Values.podDisruptionBudget.maxUnavailable)) -}}
-{{- fail "podDisruptionBudget: set minAvailable or maxUnavailable, not both (set the other to null)" -}}
 {{- end -}}
 {{- $_ := include "chat.terminationGracePeriodSeconds" . -}}
 {{- end -}}
