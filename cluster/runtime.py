@@ -33,6 +33,7 @@ logger = logging.getLogger("cluster.runtime")
 
 RuntimeState = Literal["new", "running", "draining", "stopped"]
 CLOSE_DRAINING = 1012
+SOCKET_CLOSE_WAIT_S = 3.0
 
 
 async def _no_floor(slug: str) -> int:
@@ -130,7 +131,10 @@ class ClusterRuntime:
             logger.warning("could not announce draining; handing rooms off anyway")
         await self.supervisor.drain()
         self.fanout.close_all(CLOSE_DRAINING)
-        while self.fanout.connections:
+        # Sockets go as their clients answer the close; a client that never answers is cut
+        # when the server stops.
+        deadline = asyncio.get_running_loop().time() + SOCKET_CLOSE_WAIT_S
+        while self.fanout.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:

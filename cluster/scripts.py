@@ -11,6 +11,7 @@ from __future__ import annotations
 # ARGV: 1 node, 2 epoch, 3 seq floor (the new seq must exceed it), 4 MAXLEN (approximate, >=),
 #       5 dedupe TTL seconds, 6 event JSON (no seq), 7 pub/sub channel, 8 event id ("" = "m"..seq),
 #       9 "1" to dedupe by KEYS[4]
+# Each entry also records its writer (``w`` = node@epoch): an audit trail for fencing.
 # returns: {"ok", seq, id} | {"dup", seq, id} | {"fenced", owner, epoch} | {"closed"}
 # Why one script: dedupe, seq assignment, the append and the publish must be one step, or a
 # crash between them leaves a seq without an event or an event nobody was told about.
@@ -38,7 +39,7 @@ if seq <= floor then
 end
 local id = ARGV[8]
 if id == '' then id = 'm' .. seq end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[6])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[6], 'w', ARGV[1] .. '@' .. ARGV[2])
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], seq .. ' ' .. id, 'EX', ARGV[5])
 end

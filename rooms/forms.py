@@ -19,4 +19,3 @@ class RoomCreateForm(forms.Form):
         help_text="Optional; the slug is used when empty.",
         widget=forms.TextInput(attrs={"placeholder": "e.g. General chat"}),
     )
-

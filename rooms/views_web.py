@@ -1,5 +1,149 @@
-from django.http import HttpRequest, HttpResponse
+"""The web chat's pages: the room list with its create form, the room page, and sign-up.
+
+Who may create a room: a signed-in user always; a guest too while ``CHAT_ALLOW_GUESTS`` is on
+(the same rule as for talking: where anyone may chat, anyone may open a room). The room page
+renders no messages itself: ``static/chat/chat.js`` reads history from the events API and then
+follows the room's socket. Log in and log out are Django's own views (see ``urls_web``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth.forms import UserCreationForm
+from django.core.exceptions import ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from . import redis_admin, selectors, services
+from .forms import RoomCreateForm
+from .models import Room
+
+logger = logging.getLogger("rooms.views_web")
+
+# Redis down, or not configured in this process: the list is still worth showing without counts.
+STATS_ERRORS = (redis.RedisError, OSError, RuntimeError)
+ROOM_LIST_ID = "room-list"  # the element the home page polls (its HX-Target)
 
 
+@dataclass(frozen=True)
+class RoomRow:
+    room: Room
+    online: list[str] | None  # None: unknown (Redis unreachable)
+
+
+def room_rows() -> tuple[list[RoomRow], bool]:
+    """Active rooms with who is online in each; the flag says whether the counts are known."""
+    rooms = selectors.room_list()
+    try:
+        stats = redis_admin.room_stats([room.slug for room in rooms])
+    except STATS_ERRORS as exc:
+        logger.warning("room list without live counts: %s", exc)
+        return [RoomRow(room, None) for room in rooms], False
+    return [RoomRow(room, stats[room.slug].online) for room in rooms], True
+
+
+def can_create_rooms(request: HttpRequest) -> bool:
+    return bool(request.user.is_authenticated or settings.CHAT_ALLOW_GUESTS)
+
+
+def _home_context(request: HttpRequest, form: RoomCreateForm | None = None) -> dict[str, Any]:
+    rows, stats_ok = room_rows()
+    return {
+        "rows": rows,
+        "stats_ok": stats_ok,
+        "form": form or RoomCreateForm(),
+        "can_create": can_create_rooms(request),
+        "room_list_id": ROOM_LIST_ID,
+    }
+
+
+@require_GET
 def home(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("chat")
+    if request.htmx and request.htmx.target == ROOM_LIST_ID:
+        rows, stats_ok = room_rows()
+        context = {"rows": rows, "stats_ok": stats_ok, "room_list_id": ROOM_LIST_ID}
+        return render(request, "rooms/_room_list.html", context)
+    return render(request, "rooms/home.html", _home_context(request))
+
+
+@require_POST
+def room_create(request: HttpRequest) -> HttpResponse:
+    """Create a room (idempotent on the slug) and go to it; on bad input show the form again."""
+    if not can_create_rooms(request):
+        return HttpResponseForbidden("Log in to create a room.")
+    form = RoomCreateForm(request.POST)
+    if form.is_valid():
+        try:
+            room, _ = services.room_create(
+                slug=form.cleaned_data["slug"], name=form.cleaned_data["name"], by=request.user
+            )
+        except ValidationError as exc:
+            # A dict of field errors (the name) or one message about the slug.
+            form.add_error(None if hasattr(exc, "error_dict") else "slug", exc)
+        else:
+            if room.archived:
+                form.add_error("slug", "A room with this slug was archived; choose another slug.")
+            else:
+                url = reverse("room", args=[room.slug])
+                return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    # 422 tells scripts the input was refused; the htmx-config in base.html still swaps it in.
+    if request.htmx:
+        return render(request, "rooms/_room_form.html", {"form": form}, status=422)
+    return render(request, "rooms/home.html", _home_context(request, form), status=422)
+
+
+@require_GET
+def room(request: HttpRequest, slug: str) -> HttpResponse:
+    found = selectors.room_get(slug)
+    if found is None or found.archived:
+        raise Http404("No such room.")
+    user = request.user
+    signed_in = bool(user.is_authenticated)
+    chat_config = {
+        "slug": found.slug,
+        "name": found.name,
+        "user": user.get_username() if signed_in else None,
+        "isStaff": bool(signed_in and user.is_staff),
+        "guestsAllowed": settings.CHAT_ALLOW_GUESTS,
+        "guestNameMax": services.GUEST_NAME_MAX,
+        "maxBody": settings.CHAT_MAX_BODY,
+        "eventsUrl": reverse("api-room-events", args=[found.slug]),
+        "socketPath": f"/ws/rooms/{found.slug}/",
+    }
+    context = {
+        "room": found,
+        "chat_config": chat_config,
+        "can_chat": signed_in or settings.CHAT_ALLOW_GUESTS,
+    }
+    return render(request, "rooms/room.html", context)
+
+
+@require_http_methods(["GET", "POST"])
+def signup(request: HttpRequest) -> HttpResponse:
+    next_url = _safe_next(request)
+    if request.user.is_authenticated:
+        return redirect(next_url)
+    form = UserCreationForm(request.POST if request.method == "POST" else None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        login(request, user)
+        return redirect(next_url)
+    return render(request, "registration/signup.html", {"form": form, "next": next_url})
+
+
+def _safe_next(request: HttpRequest) -> str:
+    candidate = request.POST.get("next") or request.GET.get("next") or ""
+    allowed = url_has_allowed_host_and_scheme(
+        candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    )
+    return candidate if candidate and allowed else reverse(settings.LOGIN_REDIRECT_URL)

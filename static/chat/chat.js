@@ -1,0 +1,596 @@
+// The room page: history from the events API, then live events over one WebSocket.
+//
+// Every durable event carries a seq. `lastSeq` is the highest one applied and anything at or
+// below it is ignored, so a resumed socket (`after=lastSeq`) never shows a message twice or out
+// of order. Commands wait in `pending` (client_id -> frame) until acked and are re-sent with the
+// same client_id after a reconnect; the server applies a client_id once and acks it again.
+// User text only ever reaches the page through textContent.
+
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+
+const HISTORY_EVENTS = 500; // the page opens on the newest events; older ones stay unloaded
+const PAGE_LIMIT = 250;
+const TYPING_SEND_MS = 2000; // at most one `typing` frame per this, while typing
+const TYPING_SHOW_MS = 3000; // how long "x is typing…" stays without a new one
+const BACKOFF_BASE_MS = 500;
+const BACKOFF_MAX_MS = 15000;
+const STABLE_MS = 10000; // a socket that lived this long resets the backoff
+const RETRY_MS = 2000; // `unavailable` or `rate_limited`: the same frame again after about this
+const RETRYABLE = new Set(["unavailable", "rate_limited"]);
+const GUEST_NAME_KEY = "chat.guestName";
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  status: $("status"),
+  messages: $("messages"),
+  online: $("online"),
+  onlineCount: $("online-count"),
+  typing: $("typing"),
+  notices: $("notices"),
+  composer: $("composer"),
+  body: $("composer-body"),
+  counter: $("counter"),
+  send: $("send"),
+  identity: $("identity"),
+  guestForm: $("guest-form"),
+  guestName: $("guest-name"),
+  guestError: $("guest-error"),
+  template: $("message-template"),
+};
+
+const state = {
+  me: config.user, // the server's name for us, confirmed by `hello`
+  guestName: null,
+  lastSeq: 0,
+  messages: new Map(), // message id -> record
+  unconfirmed: new Map(), // client_id of an own send not yet seen as a `message` -> record
+  pending: new Map(), // client_id -> frame, until acked (re-sent on every reconnect)
+  online: new Set(),
+  typers: new Map(), // user -> time their indicator expires
+  socket: null,
+  stopped: false, // the room is gone or closed to us: no more reconnects
+  helloSeen: false,
+  openedAt: 0,
+  attempt: 0,
+  retryTimer: null,
+  lastError: null, // the last error frame without a client_id: it explains a 4403 close
+  lastTypingSent: 0,
+};
+
+// -- small helpers ---------------------------------------------------------------------------
+
+const charCount = (text) => [...text].length; // code points, as the server counts them
+
+function newClientId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16)); // randomUUID needs https
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function setStatus(kind, text) {
+  el.status.dataset.state = kind;
+  el.status.textContent = text;
+}
+
+function notice(text) {
+  const p = document.createElement("p");
+  p.className = "notice";
+  p.textContent = text;
+  el.notices.append(p);
+  while (el.notices.childElementCount > 3) el.notices.firstElementChild.remove();
+}
+
+function nearBottom() {
+  const m = el.messages;
+  return m.scrollHeight - m.scrollTop - m.clientHeight < 80;
+}
+
+function scrollToBottom() {
+  el.messages.scrollTop = el.messages.scrollHeight;
+}
+
+// -- messages --------------------------------------------------------------------------------
+
+function buildNode(record) {
+  const node = el.template.content.firstElementChild.cloneNode(true);
+  record.node = node;
+  renderMessage(record);
+  return node;
+}
+
+function renderMessage(r) {
+  const n = r.node;
+  const own = r.user === state.me;
+  n.classList.toggle("own", own);
+  n.classList.toggle("deleted", Boolean(r.deleted));
+  n.classList.toggle("unsent", !r.id);
+  n.classList.toggle("failed", Boolean(r.failed));
+  n.dataset.id = r.id || "";
+  n.querySelector(".author").textContent = r.user || "you";
+  const time = n.querySelector(".time");
+  const date = new Date(r.ts);
+  time.dateTime = date.toISOString();
+  time.title = date.toLocaleString();
+  time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  n.querySelector(".edited").hidden = !r.edited || r.deleted;
+  n.querySelector(".state").textContent = r.failed || r.busy || (r.id ? "" : "sending…");
+  if (!n.querySelector(".edit-form")) {
+    n.querySelector(".body").textContent = r.deleted ? "message deleted" : r.body;
+  }
+  const mayChange = r.id && !r.deleted && (own || config.isStaff) && canChat() && !r.failed;
+  n.querySelector(".actions").hidden = !mayChange;
+}
+
+// Messages in seq order first, then own sends that have no place yet (no `message` frame seen).
+function placeConfirmed(node) {
+  node.classList.remove("unplaced");
+  el.messages.insertBefore(node, el.messages.querySelector(".unplaced"));
+}
+
+function addMessage(ev) {
+  const atBottom = nearBottom();
+  state.typers.delete(ev.user);
+  let record = state.messages.get(ev.id); // an own send, known by its ack
+  const own = ev.client_id ? state.unconfirmed.get(ev.client_id) : undefined;
+  if (own && own.user === ev.user) {
+    record = own;
+    state.unconfirmed.delete(ev.client_id);
+    state.pending.delete(ev.client_id); // durable already: no need to send it again
+  }
+  if (record && record.seq) return;
+  if (record) {
+    Object.assign(record, { id: ev.id, seq: ev.seq, body: ev.body, ts: ev.ts, busy: "" });
+    renderMessage(record);
+  } else {
+    record = { id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts };
+    buildNode(record);
+  }
+  state.messages.set(ev.id, record);
+  placeConfirmed(record.node);
+  renderTyping();
+  if (atBottom) scrollToBottom();
+}
+
+function applyEvent(ev) {
+  if (typeof ev.seq !== "number" || ev.seq <= state.lastSeq) return;
+  state.lastSeq = ev.seq;
+  if (ev.type === "message") {
+    addMessage(ev);
+    return;
+  }
+  const record = state.messages.get(ev.id);
+  if (!record) return; // its message is older than what this page loaded
+  if (ev.type === "edit") Object.assign(record, { body: ev.body, edited: true });
+  if (ev.type === "delete") Object.assign(record, { deleted: true });
+  renderMessage(record);
+}
+
+// -- commands --------------------------------------------------------------------------------
+
+function socketReady() {
+  return state.socket && state.socket.readyState === WebSocket.OPEN && state.helloSeen;
+}
+
+function transmit(frame) {
+  if (socketReady()) state.socket.send(JSON.stringify(frame));
+}
+
+function submit(frame, record, busy) {
+  state.pending.set(frame.client_id, { frame, record, busy });
+  if (busy) {
+    record.busy = busy;
+    renderMessage(record);
+  }
+  transmit(frame);
+}
+
+function sendMessage() {
+  const body = el.body.value.trim();
+  if (!body || charCount(body) > config.maxBody) return;
+  const clientId = newClientId();
+  const record = { id: null, seq: null, user: state.me, body, ts: Date.now() };
+  state.unconfirmed.set(clientId, record);
+  el.messages.append(buildNode(record));
+  record.node.classList.add("unplaced");
+  scrollToBottom();
+  submit({ type: "send", body, client_id: clientId }, record);
+  el.body.value = "";
+  updateCounter();
+}
+
+function onAck(ack) {
+  const entry = state.pending.get(ack.client_id);
+  if (!entry) return;
+  state.pending.delete(ack.client_id);
+  const { frame, record } = entry;
+  if (frame.type === "send" && !record.id) {
+    record.id = ack.id; // its `message` frame gives it its place when it comes
+    state.messages.set(ack.id, record);
+  }
+  record.busy = "";
+  renderMessage(record);
+}
+
+function onError(err) {
+  const entry = err.client_id ? state.pending.get(err.client_id) : undefined;
+  if (!entry) {
+    state.lastError = err;
+    if (err.code !== "forbidden") notice(err.detail);
+    return;
+  }
+  if (RETRYABLE.has(err.code)) {
+    if (err.code === "rate_limited") notice("Slow down a little; your message will follow.");
+    const delay = RETRY_MS * (0.5 + Math.random());
+    setTimeout(() => {
+      if (state.pending.get(err.client_id) === entry) transmit(entry.frame);
+    }, delay);
+    return;
+  }
+  state.pending.delete(err.client_id);
+  const { frame, record } = entry;
+  record.busy = "";
+  if (frame.type === "send") {
+    state.unconfirmed.delete(err.client_id);
+    record.failed = `not sent: ${err.detail}`;
+  } else {
+    notice(`Could not ${frame.type} the message: ${err.detail}`);
+  }
+  renderMessage(record);
+}
+
+function startEdit(record) {
+  const body = record.node.querySelector(".body");
+  if (body.querySelector(".edit-form")) return;
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  const area = document.createElement("textarea");
+  area.value = record.body;
+  area.rows = Math.min(8, record.body.split("\n").length + 1);
+  const row = document.createElement("div");
+  row.className = "row";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "link";
+  cancel.textContent = "Cancel";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.textContent = "Save";
+  row.append(cancel, save);
+  form.append(area, row);
+  body.replaceChildren(form);
+  area.focus();
+
+  const close = () => {
+    form.remove();
+    renderMessage(record);
+  };
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = area.value.trim();
+    if (text && text !== record.body && charCount(text) <= config.maxBody) {
+      submit({ type: "edit", id: record.id, body: text, client_id: newClientId() }, record, "saving…");
+    }
+    close();
+  });
+  cancel.addEventListener("click", close);
+  area.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") close();
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+}
+
+el.messages.addEventListener("click", (e) => {
+  const button = e.target.closest("button[data-action]");
+  if (!button) return;
+  const record = state.messages.get(button.closest(".message").dataset.id);
+  if (!record || record.deleted) return;
+  if (button.dataset.action === "edit") startEdit(record);
+  if (button.dataset.action === "delete" && confirm("Delete this message?")) {
+    submit({ type: "delete", id: record.id, client_id: newClientId() }, record, "deleting…");
+  }
+});
+
+// -- presence and typing ---------------------------------------------------------------------
+
+function renderOnline() {
+  const names = [...state.online].sort((a, b) => a.localeCompare(b));
+  el.online.replaceChildren(
+    ...names.map((name) => {
+      const li = document.createElement("li");
+      li.textContent = name === state.me ? `${name} (you)` : name;
+      return li;
+    }),
+  );
+  el.onlineCount.textContent = names.length ? `(${names.length})` : "";
+}
+
+function onTyping(user) {
+  if (user === state.me) return;
+  state.typers.set(user, Date.now() + TYPING_SHOW_MS);
+  renderTyping();
+  setTimeout(renderTyping, TYPING_SHOW_MS + 50);
+}
+
+function renderTyping() {
+  const now = Date.now();
+  for (const [user, until] of state.typers) if (until <= now) state.typers.delete(user);
+  const users = [...state.typers.keys()];
+  let text = "";
+  if (users.length === 1) text = `${users[0]} is typing…`;
+  else if (users.length === 2) text = `${users[0]} and ${users[1]} are typing…`;
+  else if (users.length > 2) text = "Several people are typing…";
+  el.typing.textContent = text;
+}
+
+// -- composer --------------------------------------------------------------------------------
+
+function updateCounter() {
+  if (!el.body) return;
+  const count = charCount(el.body.value);
+  el.counter.textContent = `${count} / ${config.maxBody}`;
+  el.counter.classList.toggle("over", count > config.maxBody);
+  el.send.disabled = !el.body.value.trim() || count > config.maxBody;
+}
+
+function canChat() {
+  return !state.stopped && Boolean(config.user || (config.guestsAllowed && state.guestName));
+}
+
+if (el.composer) {
+  el.composer.addEventListener("submit", (e) => {
+    e.preventDefault();
+    sendMessage();
+  });
+  el.body.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      sendMessage();
+    }
+  });
+  el.body.addEventListener("input", () => {
+    updateCounter();
+    const now = Date.now();
+    if (el.body.value.trim() && now - state.lastTypingSent >= TYPING_SEND_MS && socketReady()) {
+      state.lastTypingSent = now;
+      state.socket.send(JSON.stringify({ type: "typing" }));
+    }
+  });
+}
+
+// -- the socket ------------------------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  const params = new URLSearchParams({ after: String(state.lastSeq) });
+  if (!config.user) params.set("name", state.guestName);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${location.host}${config.socketPath}?${params}`);
+  Object.assign(state, { socket, helloSeen: false, lastError: null });
+  setStatus("wait", state.attempt ? "Reconnecting…" : "Connecting…");
+  socket.addEventListener("message", (e) => {
+    if (state.socket !== socket || typeof e.data !== "string") return;
+    let frame;
+    try {
+      frame = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    onFrame(frame);
+  });
+  socket.addEventListener("close", (e) => {
+    if (state.socket !== socket) return; // replaced on purpose
+    state.socket = null;
+    onClose(e.code);
+  });
+}
+
+function disconnect() {
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  const socket = state.socket;
+  state.socket = null;
+  if (socket) socket.close(1000);
+}
+
+function onFrame(frame) {
+  switch (frame.type) {
+    case "hello":
+      onHello(frame);
+      break;
+    case "message":
+    case "edit":
+    case "delete":
+      applyEvent(frame);
+      break;
+    case "ack":
+      onAck(frame);
+      break;
+    case "error":
+      onError(frame);
+      break;
+    case "presence_state":
+      state.online = new Set(frame.users);
+      renderOnline();
+      break;
+    case "presence_diff":
+      for (const user of frame.joins || []) state.online.add(user);
+      for (const user of frame.leaves || []) state.online.delete(user);
+      renderOnline();
+      break;
+    case "typing":
+      onTyping(frame.user);
+      break;
+    case "gap":
+      notice(`Some earlier messages are no longer kept; the log resumes at #${frame.first_available}.`);
+      break;
+  }
+}
+
+function onHello(hello) {
+  state.helloSeen = true;
+  state.openedAt = Date.now();
+  if (hello.user !== state.me) {
+    state.me = hello.user;
+    for (const record of state.unconfirmed.values()) record.user = hello.user;
+    for (const record of [...state.messages.values(), ...state.unconfirmed.values()]) {
+      renderMessage(record);
+    }
+  }
+  setStatus("ok", `Connected${hello.node ? ` · ${hello.node}` : ""}`);
+  if (el.identity) el.identity.textContent = `as ${state.me}`;
+  for (const { frame } of state.pending.values()) transmit(frame); // same client_id: applied once
+}
+
+function onClose(code) {
+  if (state.helloSeen && Date.now() - state.openedAt > STABLE_MS) state.attempt = 0;
+  state.helloSeen = false;
+  state.online.clear();
+  state.typers.clear();
+  renderOnline();
+  renderTyping();
+  if (code === 4404) {
+    stop("This room no longer exists.");
+    return;
+  }
+  if (code === 4403) {
+    const reason = state.lastError && state.lastError.detail;
+    if (!config.user && reason) {
+      // A refused display name (taken by a registered user, say): ask for another.
+      localStorage.removeItem(GUEST_NAME_KEY);
+      setStatus("bad", "Not connected");
+      askGuestName(reason);
+      return;
+    }
+    stop(reason ? `You can't join: ${reason}` : "This room is closed.");
+    return;
+  }
+  const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
+  const wait = ceiling / 2 + (Math.random() * ceiling) / 2;
+  state.attempt += 1;
+  setStatus("wait", `Offline; reconnecting in ${Math.max(1, Math.round(wait / 1000))} s…`);
+  state.retryTimer = setTimeout(connect, wait);
+}
+
+function stop(reason) {
+  setStatus("bad", reason);
+  notice(reason);
+  if (el.composer) el.composer.hidden = true;
+  if (el.guestForm) el.guestForm.hidden = true;
+  state.stopped = true;
+  clearTimeout(state.retryTimer);
+  for (const record of state.messages.values()) renderMessage(record);
+}
+
+window.addEventListener("online", () => {
+  if (!state.socket && state.retryTimer && canChat()) connect(); // no need to wait it out
+});
+
+// -- guests ----------------------------------------------------------------------------------
+
+function guestNameProblem(name) {
+  if (!name) return "Choose a display name.";
+  if (charCount(name) > config.guestNameMax) {
+    return `A display name has at most ${config.guestNameMax} characters.`;
+  }
+  if (/[\u0000-\u001f\u007f]/.test(name)) return "A display name cannot contain control characters.";
+  return null;
+}
+
+function askGuestName(problem) {
+  disconnect();
+  state.guestName = null;
+  el.composer.hidden = true;
+  el.guestForm.hidden = false;
+  el.guestError.hidden = !problem;
+  el.guestError.textContent = problem || "";
+  el.guestName.focus();
+}
+
+function joinAsGuest(name) {
+  state.guestName = name;
+  state.me = name;
+  el.guestForm.hidden = true;
+  el.composer.hidden = false;
+  el.identity.textContent = `as ${name} · `;
+  const change = document.createElement("button");
+  change.type = "button";
+  change.className = "link";
+  change.textContent = "change name";
+  change.addEventListener("click", () => askGuestName());
+  el.identity.append(change);
+  connect();
+}
+
+if (el.guestForm) {
+  el.guestForm.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const name = el.guestName.value.trim();
+    const problem = guestNameProblem(name);
+    if (problem) {
+      askGuestName(problem);
+      return;
+    }
+    localStorage.setItem(GUEST_NAME_KEY, name);
+    joinAsGuest(name);
+  });
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+async function fetchEvents(after, limit) {
+  const response = await fetch(`${config.eventsUrl}?after=${after}&limit=${limit}`, {
+    headers: { Accept: "application/json" },
+  });
+  if (response.status === 404) throw new Error("gone");
+  if (!response.ok) throw new Error(`history: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function loadHistory() {
+  if (state.lastSeq === 0) {
+    const head = await fetchEvents(0, 1);
+    state.lastSeq = Math.max(0, head.last_seq - HISTORY_EVENTS);
+  }
+  for (;;) {
+    const page = await fetchEvents(state.lastSeq, PAGE_LIMIT);
+    if (page.first_available > state.lastSeq + 1) {
+      notice("Some earlier messages are no longer kept.");
+    }
+    page.events.forEach(applyEvent);
+    if (!page.events.length || state.lastSeq >= page.last_seq) return;
+  }
+}
+
+async function start() {
+  updateCounter();
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      await loadHistory();
+      break;
+    } catch (error) {
+      if (error.message === "gone") {
+        stop("This room no longer exists.");
+        return;
+      }
+      const wait = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** attempt);
+      setStatus("wait", "History is unavailable; trying again…");
+      await new Promise((resolve) => setTimeout(resolve, wait / 2 + (Math.random() * wait) / 2));
+    }
+  }
+  scrollToBottom();
+  if (config.user) {
+    el.composer.hidden = false;
+    connect();
+  } else if (config.guestsAllowed) {
+    const saved = (localStorage.getItem(GUEST_NAME_KEY) || "").trim();
+    if (saved && !guestNameProblem(saved)) joinAsGuest(saved);
+    else askGuestName();
+  } else {
+    setStatus("bad", "Read only: log in to chat");
+  }
+}
+
+start();
