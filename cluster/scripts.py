@@ -39,7 +39,8 @@ if seq <= floor then
 end
 local id = ARGV[8]
 if id == '' then id = 'm' .. seq end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', 'e', ARGV[6], 'w', ARGV[1] .. '@' .. ARGV[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0',
+           'e', ARGV[6], 'w', ARGV[1] .. '@' .. ARGV[2])
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], seq .. ' ' .. id, 'EX', ARGV[5])
 end

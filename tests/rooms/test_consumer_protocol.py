@@ -315,7 +315,7 @@ async def test_foreign_origin_is_refused_at_handshake(runtime: Any) -> None:
     await make_room()
     headers = [(b"origin", b"http://evil.example"), (b"host", b"localhost:8000")]
     comm = WebsocketCommunicator(application, "/ws/rooms/lobby/?name=a", headers=headers)
-    connected, code = await comm.connect(timeout=5)
+    connected, _code = await comm.connect(timeout=5)
     assert not connected  # daphne answers a close-before-accept with HTTP 403
     same = [(b"origin", b"http://localhost:8000"), (b"host", b"localhost:8000")]
     comm = WebsocketCommunicator(application, "/ws/rooms/lobby/?name=a", headers=same)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 Frame = dict[str, Any]
@@ -14,7 +15,7 @@ def assert_log_is_gapless(events: list[Frame]) -> None:
 
 def assert_client_saw_increasing_seqs(durable: list[Frame]) -> None:
     seqs = [int(f["seq"]) for f in durable]
-    assert all(a < b for a, b in zip(seqs, seqs[1:], strict=False)), f"out of order: {seqs}"
+    assert all(a < b for a, b in itertools.pairwise(seqs)), f"out of order: {seqs}"
 
 
 def assert_client_saw_contiguous(durable: list[Frame], first: int, last: int) -> None:

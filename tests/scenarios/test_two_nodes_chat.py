@@ -72,5 +72,5 @@ async def test_sigterm_exits_zero_and_clients_get_1012(cluster: Cluster) -> None
     await again.connect(after=alice.last_seq)
     await again.send("after")
     await again.wait_for(lambda: len(again.acks) == 1, timeout=10)
-    assert again.acks and list(again.acks.values())[0]["seq"] == 2
+    assert again.acks and next(iter(again.acks.values()))["seq"] == 2
     await asyncio.wait_for(again.close(), 5)

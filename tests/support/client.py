@@ -188,8 +188,12 @@ class RoamingClient:
             await self.ensure_connected()
             current = self.current
             assert current is not None
+
+            def done(socket: ChatClient = current) -> bool:
+                return not self.pending or not socket.connected
+
             try:
-                await current.wait_for(lambda: not self.pending or not current.connected, 1.0)
+                await current.wait_for(done, 1.0)
             except TimeoutError:
                 pass
 
