@@ -30,6 +30,11 @@ class RoomKeys:
         return f"{self.tag}:seq"
 
     @property
+    def reserved(self) -> str:
+        """Highest seq reserved in the database (see room_server.RESERVE_BLOCK)."""
+        return f"{self.tag}:reserved"
+
+    @property
     def lease(self) -> str:
         """Hash {node, epoch}: the room's current owner."""
         return f"{self.tag}:lease"

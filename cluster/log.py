@@ -39,6 +39,7 @@ class RoomLog:
         self._dedupe_ttl_s = dedupe_ttl_s
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._raise_floor = redis.register_script(scripts.RAISE_SEQ_FLOOR)
+        self._raise_reserved = self._raise_floor  # the same "never lower it" counter raise
 
     async def append(
         self,
@@ -120,6 +121,13 @@ class RoomLog:
             raw, last = await pipe.execute()
         from_log = events.seq_of_stream_id(last[0][0]) if last else 0
         return max(int(raw or 0), from_log)
+
+    async def reservation(self, slug: str) -> int:
+        """The seq reservation Redis has seen for the room (0 if it never saw one)."""
+        return int(await self._redis.get(RoomKeys(slug).reserved) or 0)
+
+    async def set_reservation(self, slug: str, seq: int) -> None:
+        await self._raise_reserved(keys=[RoomKeys(slug).reserved], args=[str(seq)])
 
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))

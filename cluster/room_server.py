@@ -26,7 +26,10 @@ from .registry import Lease
 logger = logging.getLogger("cluster.room_server")
 
 Checkpoint = Callable[[str, int], Awaitable[None]]
-CHECKPOINT_EVERY = 50  # seqs between high-water marks written to the database
+# Seqs are reserved outside Redis in blocks (hi/lo): before the room uses a seq above its
+# reservation it records a new one, ``RESERVE_BLOCK`` higher, in the database. If Redis ever
+# loses the room, the next owner starts above the reservation: seqs never go backwards.
+RESERVE_BLOCK = 100
 
 
 @dataclass
@@ -62,7 +65,7 @@ class RoomServer:
         self._limiter = SlidingWindowLimiter(*config.rate_limit)
         self.messages: OrderedDict[str, MessageState] = OrderedDict()
         self.last_seq = 0
-        self._checkpointed = 0
+        self._reserved = 0
         self.last_activity = time.monotonic()
         self.accepting = True
         self.task: asyncio.Task[None] | None = None
@@ -70,8 +73,18 @@ class RoomServer:
 
     async def start(self) -> None:
         """Rebuild the hot state from the log, then serve."""
-        self.last_seq = max(self._seq_floor, await self._log.last_seq(self.slug))
-        self._checkpointed = self.last_seq
+        in_redis = await self._log.last_seq(self.slug)
+        reserved_in_redis = await self._log.reservation(self.slug)
+        if reserved_in_redis < self._seq_floor:
+            # Redis lost (part of) the room since the last reservation: continue above it.
+            logger.warning(
+                "room %s: Redis knows seq %d, reservation %d < %d; continuing above it",
+                self.slug, in_redis, reserved_in_redis, self._seq_floor,
+            )  # fmt: skip
+            self.last_seq = max(in_redis, self._seq_floor)
+        else:
+            self.last_seq = in_redis
+        self._reserved = max(self._seq_floor, reserved_in_redis)
         for event in await self._log.tail(self.slug, self._config.state_window):
             self._apply(event)
         self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"room:{self.slug}")
@@ -94,15 +107,15 @@ class RoomServer:
             except (TimeoutError, Exception):
                 self.task.cancel()
         self._refuse_queued()
-        await self.flush_checkpoint()
 
-    async def flush_checkpoint(self) -> None:
-        if self._checkpoint is not None and self.last_seq > self._checkpointed:
-            try:
-                await self._checkpoint(self.slug, self.last_seq)
-                self._checkpointed = self.last_seq
-            except Exception:
-                logger.exception("checkpoint of %s failed", self.slug)
+    async def _reserve(self) -> None:
+        """Make sure the next seq lies inside a reservation recorded outside Redis."""
+        if self._checkpoint is None or self.last_seq < self._reserved:
+            return
+        reservation = self.last_seq + RESERVE_BLOCK
+        await self._checkpoint(self.slug, reservation)
+        await self._log.set_reservation(self.slug, reservation)
+        self._reserved = reservation
 
     def _refuse_queued(self) -> None:
         while not self._queue.empty():
@@ -163,6 +176,7 @@ class RoomServer:
                 event["body"] = command.body
             event["ts"] = now_ms
         try:
+            await self._reserve()
             result = await self._log.append(
                 self.slug,
                 node=self.lease.node,
@@ -181,8 +195,6 @@ class RoomServer:
                 event["id"] = result.id
             self._apply(event)
             self.last_seq = max(self.last_seq, result.seq)
-            if self.last_seq - self._checkpointed >= CHECKPOINT_EVERY:
-                await self.flush_checkpoint()
         return Ack(command.client_id, result.seq, result.id, result.duplicate)
 
     async def _message(self, message_id: str) -> MessageState | None:
