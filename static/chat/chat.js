@@ -440,7 +440,7 @@ function onHello(hello) {
     }
   }
   setStatus("ok", `Connected${hello.node ? ` · ${hello.node}` : ""}`);
-  if (el.identity) el.identity.textContent = `as ${state.me}`;
+  renderIdentity();
   for (const { frame } of state.pending.values()) transmit(frame); // same client_id: applied once
 }
 
@@ -460,7 +460,6 @@ function onClose(code) {
     if (!config.user && reason) {
       // A refused display name (taken by a registered user, say): ask for another.
       localStorage.removeItem(GUEST_NAME_KEY);
-      setStatus("bad", "Not connected");
       askGuestName(reason);
       return;
     }
@@ -504,9 +503,22 @@ function askGuestName(problem) {
   state.guestName = null;
   el.composer.hidden = true;
   el.guestForm.hidden = false;
+  setStatus("wait", "Choose a name to join");
   el.guestError.hidden = !problem;
   el.guestError.textContent = problem || "";
   el.guestName.focus();
+}
+
+function renderIdentity() {
+  if (!el.identity) return;
+  el.identity.textContent = `as ${state.me}`;
+  if (config.user) return;
+  const change = document.createElement("button");
+  change.type = "button";
+  change.className = "link";
+  change.textContent = "change name";
+  change.addEventListener("click", () => askGuestName());
+  el.identity.append(" · ", change);
 }
 
 function joinAsGuest(name) {
@@ -514,13 +526,7 @@ function joinAsGuest(name) {
   state.me = name;
   el.guestForm.hidden = true;
   el.composer.hidden = false;
-  el.identity.textContent = `as ${name} · `;
-  const change = document.createElement("button");
-  change.type = "button";
-  change.className = "link";
-  change.textContent = "change name";
-  change.addEventListener("click", () => askGuestName());
-  el.identity.append(change);
+  renderIdentity();
   connect();
 }
 
@@ -583,6 +589,7 @@ async function start() {
   scrollToBottom();
   if (config.user) {
     el.composer.hidden = false;
+    renderIdentity();
     connect();
   } else if (config.guestsAllowed) {
     const saved = (localStorage.getItem(GUEST_NAME_KEY) || "").trim();

@@ -567,6 +567,7 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
             raise AssertionError(f"rehearsal failed: {exc!r}\n{logs()}") from exc
 
         survivor = outcome["survivor"]
+        print("DEBUG", {k: v for k, v in outcome.items() if k not in ("clients", "survivor_clients")}, [(c.name, c.sent, len(c.acks), c.close_codes) for c in outcome["clients"]])
         assert outcome["exit_code"] == 0, f"drained pod exited {outcome['exit_code']}\n{logs()}"
         assert outcome["prestop_to_exit_s"] < grace, (outcome, logs())
         assert set(outcome["victim_close_codes"].values()) == {1012}, outcome["victim_close_codes"]
