@@ -384,6 +384,7 @@ async def chat_through_a_drain(
     prestop: list[str],
     grace: int,
     sends: tuple[int, int],
+    readiness_path: str,
 ) -> dict[str, Any]:
     during_prestop, during_drain = sends
     loop = asyncio.get_running_loop()
@@ -414,12 +415,29 @@ async def chat_through_a_drain(
         )
         await client.resume(survivor)
 
+    async def watch_readiness() -> list[int | None]:
+        """/readyz of the draining pod until it exits (None: connection refused)."""
+        seen: list[int | None] = []
+        assert victim.process is not None
+        while victim.process.poll() is None:
+            try:
+                status, _ = await loop.run_in_executor(
+                    None, http_get, victim.port, readiness_path, {"Host": "localhost"}
+                )
+            except OSError:
+                status = None
+            seen.append(status)
+            await asyncio.sleep(POLL_INTERVAL_S / 2)
+        return seen
+
+    watcher = loop.create_task(watch_readiness())
     senders = [loop.create_task(keep_sending(c)) for c in clients]
     followers = [loop.create_task(follow(c)) for c in on_victim]
     exit_code = await asyncio.wait_for(
         loop.run_in_executor(None, victim.process.wait), grace - (terminated - started) + 1
     )
     exited = loop.time()
+    readiness = await asyncio.wait_for(watcher, ACK_TIMEOUT_S)
     await asyncio.wait_for(asyncio.gather(*senders, *followers), ACK_TIMEOUT_S)
     for client in clients:
         await client.wait("every command acked", lambda c=client: not c.pending, ACK_TIMEOUT_S)
@@ -433,6 +451,7 @@ async def chat_through_a_drain(
         "prestop_to_exit_s": exited - started,
         "drain_s": exited - terminated,
         "victim_close_codes": {c.name: c.close_codes[0] for c in on_victim},
+        "victim_readiness": readiness,
         "survivor_clients": on_survivor,
     }
 
@@ -552,7 +571,14 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
                 victim = by_node[owner]
                 survivor = next(pod for pod in pods if pod is not victim)
                 outcome = await chat_through_a_drain(
-                    pods, victim, survivor, clients, prestop, grace, sends
+                    pods,
+                    victim,
+                    survivor,
+                    clients,
+                    prestop,
+                    grace,
+                    sends,
+                    item["readinessProbe"]["httpGet"]["path"],
                 )
                 outcome["clients"] = clients
                 outcome["victim"], outcome["survivor"] = victim, survivor
@@ -567,10 +593,14 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
             raise AssertionError(f"rehearsal failed: {exc!r}\n{logs()}") from exc
 
         survivor = outcome["survivor"]
-        print("DEBUG", {k: v for k, v in outcome.items() if k not in ("clients", "survivor_clients")}, [(c.name, c.sent, len(c.acks), c.close_codes) for c in outcome["clients"]])
         assert outcome["exit_code"] == 0, f"drained pod exited {outcome['exit_code']}\n{logs()}"
         assert outcome["prestop_to_exit_s"] < grace, (outcome, logs())
         assert set(outcome["victim_close_codes"].values()) == {1012}, outcome["victim_close_codes"]
+        # Once the drain has started, the pod never reports ready again.
+        readiness = outcome["victim_readiness"]
+        if 200 in readiness and any(status != 200 for status in readiness):
+            first_not_ready = next(i for i, status in enumerate(readiness) if status != 200)
+            assert 200 not in readiness[first_not_ready:], readiness
         assert probe_ok(survivor, item, "readinessProbe"), logs()
 
         clients: list[Client] = outcome["clients"]

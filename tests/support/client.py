@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -195,7 +196,10 @@ class RoamingClient:
             try:
                 await current.wait_for(done, 1.0)
             except TimeoutError:
-                pass
+                # An `unavailable` error (Redis down, room moving): retry, same client_id.
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    for client_id, body in self.pending.items():
+                        await current.send(body, client_id)
 
     async def close(self) -> None:
         if self.current is not None and self.current.connected:
