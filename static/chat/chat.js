@@ -3,7 +3,8 @@
 // Every durable event carries a seq. `lastSeq` is the highest one applied and anything at or
 // below it is ignored, so a resumed socket (`after=lastSeq`) never shows a message twice or out
 // of order. Commands wait in `pending` (client_id -> frame) until acked and are re-sent with the
-// same client_id after a reconnect; the server applies a client_id once and acks it again.
+// same client_id after a reconnect; the server applies a client_id once and acks it again. They
+// leave one at a time, oldest first, so a retried one is never overtaken by a later one.
 // User text only ever reaches the page through textContent.
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
@@ -17,6 +18,7 @@ const BACKOFF_MAX_MS = 15000;
 const STABLE_MS = 10000; // a socket that lived this long resets the backoff
 const RETRY_MS = 2000; // `unavailable` or `rate_limited`: the same frame again after about this
 const RETRYABLE = new Set(["unavailable", "rate_limited"]);
+const NOTICE_MS = 8000;
 const GUEST_NAME_KEY = "chat.guestName";
 
 const $ = (id) => document.getElementById(id);
@@ -44,7 +46,8 @@ const state = {
   lastSeq: 0,
   messages: new Map(), // message id -> record
   unconfirmed: new Map(), // client_id of an own send not yet seen as a `message` -> record
-  pending: new Map(), // client_id -> frame, until acked (re-sent on every reconnect)
+  pending: new Map(), // client_id -> {frame, record}, oldest first, until acked or refused
+  inflight: null, // client_id of the command on the wire, waiting for its answer
   online: new Set(),
   typers: new Map(), // user -> time their indicator expires
   socket: null,
@@ -71,12 +74,16 @@ function setStatus(kind, text) {
   el.status.textContent = text;
 }
 
-function notice(text) {
+// A line above the messages; it fades after a while unless it stays true (`sticky`).
+function notice(text, { sticky = false } = {}) {
+  const last = el.notices.lastElementChild;
+  if (last && last.textContent === text) return;
   const p = document.createElement("p");
   p.className = "notice";
   p.textContent = text;
   el.notices.append(p);
   while (el.notices.childElementCount > 3) el.notices.firstElementChild.remove();
+  if (!sticky) setTimeout(() => p.remove(), NOTICE_MS);
 }
 
 function nearBottom() {
@@ -134,7 +141,7 @@ function addMessage(ev) {
   if (own && own.user === ev.user) {
     record = own;
     state.unconfirmed.delete(ev.client_id);
-    state.pending.delete(ev.client_id); // durable already: no need to send it again
+    settle(ev.client_id); // durable already: no need to send it again
   }
   if (record && record.seq) return;
   if (record) {
@@ -170,17 +177,30 @@ function socketReady() {
   return state.socket && state.socket.readyState === WebSocket.OPEN && state.helloSeen;
 }
 
-function transmit(frame) {
-  if (socketReady()) state.socket.send(JSON.stringify(frame));
+function pump() {
+  if (state.inflight || !socketReady()) return;
+  const oldest = state.pending.values().next().value;
+  if (!oldest) return;
+  state.inflight = oldest.frame.client_id;
+  state.socket.send(JSON.stringify(oldest.frame));
+}
+
+// The command is done with (acked, seen applied, or refused): the next one may go.
+function settle(clientId) {
+  state.pending.delete(clientId);
+  if (state.inflight === clientId) {
+    state.inflight = null;
+    pump();
+  }
 }
 
 function submit(frame, record, busy) {
-  state.pending.set(frame.client_id, { frame, record, busy });
+  state.pending.set(frame.client_id, { frame, record });
   if (busy) {
     record.busy = busy;
     renderMessage(record);
   }
-  transmit(frame);
+  pump();
 }
 
 function sendMessage() {
@@ -199,8 +219,8 @@ function sendMessage() {
 
 function onAck(ack) {
   const entry = state.pending.get(ack.client_id);
+  settle(ack.client_id);
   if (!entry) return;
-  state.pending.delete(ack.client_id);
   const { frame, record } = entry;
   if (frame.type === "send" && !record.id) {
     record.id = ack.id; // its `message` frame gives it its place when it comes
@@ -221,11 +241,13 @@ function onError(err) {
     if (err.code === "rate_limited") notice("Slow down a little; your message will follow.");
     const delay = RETRY_MS * (0.5 + Math.random());
     setTimeout(() => {
-      if (state.pending.get(err.client_id) === entry) transmit(entry.frame);
+      if (state.inflight === err.client_id && socketReady()) {
+        state.socket.send(JSON.stringify(entry.frame));
+      }
     }, delay);
     return;
   }
-  state.pending.delete(err.client_id);
+  settle(err.client_id);
   const { frame, record } = entry;
   record.busy = "";
   if (frame.type === "send") {
@@ -267,7 +289,8 @@ function startEdit(record) {
     e.preventDefault();
     const text = area.value.trim();
     if (text && text !== record.body && charCount(text) <= config.maxBody) {
-      submit({ type: "edit", id: record.id, body: text, client_id: newClientId() }, record, "saving…");
+      const frame = { type: "edit", id: record.id, body: text, client_id: newClientId() };
+      submit(frame, record, "saving…");
     }
     close();
   });
@@ -368,7 +391,7 @@ function connect() {
   if (!config.user) params.set("name", state.guestName);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}${config.socketPath}?${params}`);
-  Object.assign(state, { socket, helloSeen: false, lastError: null });
+  Object.assign(state, { socket, helloSeen: false, lastError: null, inflight: null });
   setStatus("wait", state.attempt ? "Reconnecting…" : "Connecting…");
   socket.addEventListener("message", (e) => {
     if (state.socket !== socket || typeof e.data !== "string") return;
@@ -423,9 +446,12 @@ function onFrame(frame) {
     case "typing":
       onTyping(frame.user);
       break;
-    case "gap":
-      notice(`Some earlier messages are no longer kept; the log resumes at #${frame.first_available}.`);
+    case "gap": {
+      const from = frame.first_available;
+      const text = `Some earlier messages are no longer kept; the log resumes at #${from}.`;
+      notice(text, { sticky: true });
       break;
+    }
   }
 }
 
@@ -441,7 +467,8 @@ function onHello(hello) {
   }
   setStatus("ok", `Connected${hello.node ? ` · ${hello.node}` : ""}`);
   renderIdentity();
-  for (const { frame } of state.pending.values()) transmit(frame); // same client_id: applied once
+  state.inflight = null;
+  pump(); // what was not acked goes again, same client_id: the server applies it once
 }
 
 function onClose(code) {
@@ -475,7 +502,7 @@ function onClose(code) {
 
 function stop(reason) {
   setStatus("bad", reason);
-  notice(reason);
+  notice(reason, { sticky: true });
   if (el.composer) el.composer.hidden = true;
   if (el.guestForm) el.guestForm.hidden = true;
   state.stopped = true;
@@ -494,7 +521,9 @@ function guestNameProblem(name) {
   if (charCount(name) > config.guestNameMax) {
     return `A display name has at most ${config.guestNameMax} characters.`;
   }
-  if (/[\u0000-\u001f\u007f]/.test(name)) return "A display name cannot contain control characters.";
+  if (/[\u0000-\u001f\u007f]/.test(name)) {
+    return "A display name cannot contain control characters.";
+  }
   return null;
 }
 
@@ -563,7 +592,7 @@ async function loadHistory() {
   for (;;) {
     const page = await fetchEvents(state.lastSeq, PAGE_LIMIT);
     if (page.first_available > state.lastSeq + 1) {
-      notice("Some earlier messages are no longer kept.");
+      notice("Some earlier messages are no longer kept.", { sticky: true });
     }
     page.events.forEach(applyEvent);
     if (!page.events.length || state.lastSeq >= page.last_seq) return;
