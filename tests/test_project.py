@@ -1,0 +1,73 @@
+"""Project-level checks: migrations are complete; settings refuse malformed environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.django_db
+def test_no_missing_migrations() -> None:
+    call_command("makemigrations", "--check", "--dry-run", verbosity=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHAT_RATE_LIMIT", "fast"),
+        ("CHAT_RATE_LIMIT", "0/10"),
+        ("CHAT_RATE_LIMIT", "5/0"),
+        ("CHAT_LEASE_TTL_MS", "soon"),
+        ("CHAT_LEASE_TTL_MS", "10"),
+        ("CHAT_ALLOW_GUESTS", "maybe"),
+        ("CHAT_HISTORY_LIMIT", "-5"),
+    ],
+)
+def test_malformed_setting_stops_with_its_name(name: str, value: str, tmp_path: Path) -> None:
+    env = {**os.environ, name: value, "CHAT_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={**env, "DJANGO_SETTINGS_MODULE": "chatsite.settings"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert name in result.stderr
+
+
+def test_settings_parse_rate_limit() -> None:
+    from chatsite.settings import parse_rate_limit
+
+    assert parse_rate_limit("20/10") == (20, 10.0)
+    assert parse_rate_limit(" 5/0.5 ") == (5, 0.5)
+    for bad in ("", "20", "20/", "/10", "a/b", "1/2/3"):
+        with pytest.raises(ValueError, match="CHAT_RATE_LIMIT"):
+            parse_rate_limit(bad)
+
+
+def test_createroom_is_idempotent_and_refuses_bad_slugs(tmp_path: Path) -> None:
+    env = {**os.environ, "CHAT_DATA_DIR": str(tmp_path), "DATABASE_URL": ""}
+    manage = [sys.executable, str(ROOT / "manage.py")]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*manage, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+
+    assert run("migrate", "-v0").returncode == 0
+    first = run("createroom", "general", "--name", "General")
+    assert first.returncode == 0 and "created" in first.stdout
+    again = run("createroom", "general")
+    assert again.returncode == 0 and "exists" in again.stdout
+    for bad in ("Bad Slug", "x-", "a" * 51, "{room}", "x_y"):
+        refused = run("createroom", bad)
+        assert refused.returncode != 0 and "lower-case" in refused.stderr
