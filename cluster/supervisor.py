@@ -72,7 +72,10 @@ class Supervisor:
         )
 
     async def stop(self) -> None:
+        self.draining = True  # no new activations from here on
         await self._tasks.stop()
+        for pending in list(self._activating.values()):
+            pending.cancel()
         for server in list(self.servers.values()):
             await server.stop()
         self.servers.clear()
@@ -92,8 +95,13 @@ class Supervisor:
         if pending is None:
             pending = asyncio.get_running_loop().create_task(self._activate(slug, presumed_dead))
             self._activating[slug] = pending
-            pending.add_done_callback(lambda _t: self._activating.pop(slug, None))
+            pending.add_done_callback(lambda t: self._activation_done(slug, t))
         return await asyncio.shield(pending)
+
+    def _activation_done(self, slug: str, task: asyncio.Task[RoomServer]) -> None:
+        self._activating.pop(slug, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here; the awaiting caller handles it
 
     async def _activate(self, slug: str, presumed_dead: str) -> RoomServer:
         old = self.servers.pop(slug, None)

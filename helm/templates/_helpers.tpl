@@ -293,6 +293,9 @@ Fail early on contradictory values.
 {{- if and .Values.redis.bundled.enabled (or $ext.url $ext.existingSecret $ext.host $ext.sentinel.enabled) -}}
 {{- fail "redis: set redis.bundled.enabled=false to use redis.external" -}}
 {{- end -}}
+{{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage)) -}}
+{{- fail "autoscaling: set targetCPUUtilizationPercentage or targetMemoryUtilizationPercentage" -}}
+{{- end -}}
 {{- $_ := include "chat.terminationGracePeriodSeconds" . -}}
 {{- end -}}
 

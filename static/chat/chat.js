@@ -510,6 +510,13 @@ function stop(reason) {
   for (const record of state.messages.values()) renderMessage(record);
 }
 
+// Leave at once when the page goes away (and come back if the browser restores it from cache),
+// so others do not see us online until the server notices a dead socket.
+window.addEventListener("pagehide", () => disconnect());
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted && canChat() && !state.socket) connect();
+});
+
 window.addEventListener("online", () => {
   if (!state.socket && state.retryTimer && canChat()) connect(); // no need to wait it out
 });

@@ -53,8 +53,20 @@ def test_template_renders_the_expected_kinds(render: Render) -> None:
             "sentinel.hosts",
         ),
         (("database.host=",), "database.url"),
+        (
+            ("autoscaling.enabled=true", "autoscaling.targetCPUUtilizationPercentage=null"),
+            "targetCPUUtilizationPercentage",
+        ),
     ],
-    ids=["grace-too-short", "prestop-too-long", "both-redis", "no-redis", "no-sentinels", "no-db"],
+    ids=[
+        "grace-too-short",
+        "prestop-too-long",
+        "both-redis",
+        "no-redis",
+        "no-sentinels",
+        "no-db",
+        "hpa-without-target",
+    ],  # fmt: skip
 )
 def test_template_refuses_inconsistent_values(
     helm: Helm, sets: tuple[str, ...], message: str
