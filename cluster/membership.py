@@ -8,6 +8,7 @@ one heartbeat per node, not one renewal per room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
@@ -61,6 +62,7 @@ class Membership:
         self._tasks = TaskGroup("membership")
         self._poke = asyncio.Event()
         self._last_ok_loop_time = 0.0
+        self._stopping = False
 
     def add_listener(self, listener: ChangeListener) -> None:
         self._listeners.append(listener)
@@ -91,6 +93,8 @@ class Membership:
 
     async def stop(self) -> None:
         """Leave the cluster at once, so that nobody waits for our heartbeat to expire."""
+        self._stopping = True
+        self._poke.set()
         await self._tasks.stop()
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -184,7 +188,9 @@ class Membership:
 
     async def _poll_loop(self) -> None:
         interval = self.config.membership_poll_s
-        while True:
+        # The flag as well as cancellation: redis-py can turn a cancellation that lands inside
+        # a pipeline into a connection error, which this loop would log and outlive.
+        while not self._stopping:
             try:
                 await self.refresh()
             except asyncio.CancelledError:
@@ -193,7 +199,8 @@ class Membership:
                 logger.warning("membership refresh failed: %s", exc)
                 await asyncio.sleep(min(1.0, interval * 4))
             self._poke.clear()
-            try:
-                await asyncio.wait_for(self._poke.wait(), interval)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the event being set, and this loop would outlive its owner.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._poke.wait()

@@ -66,7 +66,7 @@ def test_template_renders_the_expected_kinds(render: Render) -> None:
         "no-sentinels",
         "no-db",
         "hpa-without-target",
-    ],  # fmt: skip
+    ],
 )
 def test_template_refuses_inconsistent_values(
     helm: Helm, sets: tuple[str, ...], message: str

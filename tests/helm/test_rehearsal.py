@@ -379,7 +379,6 @@ def all_events(pod: Pod) -> list[dict[str, Any]]:
 
 
 async def chat_through_a_drain(
-    pods: list[Pod],
     victim: Pod,
     survivor: Pod,
     clients: list[Client],
@@ -396,10 +395,15 @@ async def chat_through_a_drain(
     # Kubernetes: preStop hook, then SIGTERM, all within terminationGracePeriodSeconds.
     started = loop.time()
     hook = await asyncio.create_subprocess_exec(*prestop)
-    for _ in range(during_prestop):
-        for client in clients:
-            await client.send()
-    await asyncio.wait_for(hook.wait(), grace)
+    try:
+        for _ in range(during_prestop):
+            for client in clients:
+                await client.send()
+        await asyncio.wait_for(hook.wait(), grace)
+    finally:
+        if hook.returncode is None:
+            hook.kill()
+            await asyncio.wait_for(hook.wait(), CONNECT_TIMEOUT_S)
     assert hook.returncode == 0, f"preStop {prestop} exited {hook.returncode}"
     assert victim.process is not None
     victim.process.send_signal(signal.SIGTERM)
@@ -446,8 +450,9 @@ async def chat_through_a_drain(
     # Clients that stayed on the surviving pod receive everything up to the last acked seq.
     last = max(int(ack["seq"]) for client in clients for ack in client.acks.values())
     for client in on_survivor:
-        await client.wait(f"delivery up to seq {last}", lambda c=client: c.last_seq >= last,
-                          ACK_TIMEOUT_S)  # fmt: skip
+        await client.wait(
+            f"delivery up to seq {last}", lambda c=client: c.last_seq >= last, ACK_TIMEOUT_S
+        )
     return {
         "exit_code": exit_code,
         "prestop_to_exit_s": exited - started,
@@ -546,9 +551,8 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
     with processes() as group:
         pods = deploy(rendered, tmp_path, group, replicas=2)
 
-        count, _seconds = rate_limit(node_env)
-        # Stay inside the per-user rate limit: each client spends at most half its budget.
-        budget_per_client = max(3, count // 2)
+        # Stay inside the per-user rate limit ("N/S"): each client spends at most half its N.
+        budget_per_client = max(3, int(node_env.get("CHAT_RATE_LIMIT", "20/10").split("/")[0]) // 2)
         before, sends = 1, (1, budget_per_client - 2)
 
         async def scenario() -> dict[str, Any]:
@@ -565,8 +569,9 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
                     for client in clients:
                         await client.send()
                 for client in clients:
-                    await client.wait("acks before the drain", lambda c=client: not c.pending,
-                                      ACK_TIMEOUT_S)  # fmt: skip
+                    await client.wait(
+                        "acks before the drain", lambda c=client: not c.pending, ACK_TIMEOUT_S
+                    )
                 owner = await asyncio.get_running_loop().run_in_executor(
                     None,
                     lambda: wait_until(
@@ -582,7 +587,6 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
                 victim = by_node[owner]
                 survivor = next(pod for pod in pods if pod is not victim)
                 outcome = await chat_through_a_drain(
-                    pods,
                     victim,
                     survivor,
                     clients,
@@ -600,7 +604,7 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
 
         try:
             outcome = asyncio.run(asyncio.wait_for(scenario(), READY_TIMEOUT_S + 3 * grace))
-        except BaseException as exc:
+        except Exception as exc:
             raise AssertionError(f"rehearsal failed: {exc!r}\n{logs(pods)}") from exc
 
         survivor = outcome["survivor"]
@@ -636,12 +640,6 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
             delivered = [int(m["seq"]) for m in client.messages]
             first = int(client.hello.get("last_seq") or 0) + 1
             assert delivered == list(range(first, seqs[-1] + 1)), f"{client.name}: {delivered}"
-
-
-def rate_limit(env: dict[str, str]) -> tuple[int, float]:
-    raw = env.get("CHAT_RATE_LIMIT", "20/10")
-    count, seconds = raw.split("/")
-    return int(count), float(seconds)
 
 
 @pytest.mark.xfail(
