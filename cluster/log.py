@@ -52,12 +52,18 @@ class RoomLog:
         user: str,
         client_id: str | None,
         event_id: str = "",
+        state_delta: str = "",
+        seq_placeholder: str = "",
     ) -> AppendResult:
-        """Append ``event`` (no seq) as the room's next event; raises Fenced or RoomClosed."""
+        """Append ``event`` (no seq) as the room's next event; raises Fenced or RoomClosed.
+
+        ``state_delta``, if given, goes to the room's state stream in the same atomic step, with
+        every ``seq_placeholder`` in it replaced by the seq the event gets.
+        """
         k = RoomKeys(slug)
         dedupe_key = k.dedupe(user, client_id) if client_id else k.dedupe(user, "-")
         reply: list[Any] = await self._append(
-            keys=[k.lease, k.seq, k.log, dedupe_key, k.closed],
+            keys=[k.lease, k.seq, k.log, dedupe_key, k.closed, k.state],
             args=[
                 node,
                 str(epoch),
@@ -68,6 +74,8 @@ class RoomLog:
                 k.channel,
                 event_id,
                 "1" if client_id else "0",
+                state_delta,
+                seq_placeholder,
             ],
         )
         status = reply[0]

@@ -26,6 +26,7 @@ from .membership import Membership
 from .registry import RoomRegistry
 from .router import CommandRouter
 from .rpc import Rpc
+from .state_store import StateStore
 from .supervisor import Supervisor
 from .tasks import TaskGroup
 
@@ -82,6 +83,7 @@ class ClusterRuntime:
         self.supervisor = Supervisor(
             config=self.config,
             log=self.log,
+            store=StateStore(self.redis),
             registry=self.registry,
             membership=self.membership,
             seq_floor=self.hooks.seq_floor,

@@ -7,10 +7,11 @@ on one Redis Cluster slot. Scripts are written for Redis 6.2 (the embedded serve
 from __future__ import annotations
 
 # Append one durable event to a room's log, fenced by the owner's epoch.
-# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 dedupe key, 5 closed flag
+# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 dedupe key, 5 closed flag, 6 state stream
 # ARGV: 1 node, 2 epoch, 3 seq floor (the new seq must exceed it), 4 MAXLEN (approximate, >=),
 #       5 dedupe TTL seconds, 6 event JSON (no seq), 7 pub/sub channel, 8 event id ("" = "m"..seq),
-#       9 "1" to dedupe by KEYS[4]
+#       9 "1" to dedupe by KEYS[4], 10 CRDT delta JSON for the state stream ("" = none),
+#       11 placeholder in ARGV[10] to replace by the seq (a random token absent from the text)
 # Each entry also records its writer (``w`` = node@epoch): an audit trail for fencing.
 # returns: {"ok", seq, id} | {"dup", seq, id} | {"fenced", owner, epoch} | {"closed"}
 # Why one script: dedupe, seq assignment, the append and the publish must be one step, or a
@@ -43,6 +44,10 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0',
            'e', ARGV[6], 'w', ARGV[1] .. '@' .. ARGV[2])
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], seq .. ' ' .. id, 'EX', ARGV[5])
+end
+if ARGV[10] ~= '' then
+  local delta = string.gsub(ARGV[10], ARGV[11], tostring(seq))
+  redis.call('XADD', KEYS[6], '*', 'd', delta, 's', seq)
 end
 redis.call('PUBLISH', ARGV[7], 'E' .. seq .. ' ' .. ARGV[6])
 return {'ok', tostring(seq), id}
@@ -110,4 +115,18 @@ if current < floor then
   return floor
 end
 return current
+"""
+
+# Write a snapshot of a room's CRDT state and drop the deltas it covers, if still the owner.
+# KEYS: 1 lease hash, 2 state stream
+# ARGV: 1 node, 2 epoch, 3 snapshot JSON, 4 the seq it covers
+# returns: 1 written, 0 fenced (a stale owner must not compact away its successor's deltas)
+WRITE_SNAPSHOT = """
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[1]
+   or redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] then
+  return 0
+end
+local id = redis.call('XADD', KEYS[2], '*', 'snap', ARGV[3], 's', ARGV[4])
+redis.call('XTRIM', KEYS[2], 'MINID', id)
+return 1
 """

@@ -21,6 +21,7 @@ from .membership import Membership
 from .placement import preferred_node
 from .registry import Lease, LeaseTaken, RoomRegistry
 from .room_server import Checkpoint, RoomServer
+from .state_store import StateStore
 from .tasks import TaskGroup, run_forever
 
 logger = logging.getLogger("cluster.supervisor")
@@ -40,6 +41,7 @@ class Supervisor:
         *,
         config: ClusterConfig,
         log: RoomLog,
+        store: StateStore,
         registry: RoomRegistry,
         membership: Membership,
         seq_floor: SeqFloor,
@@ -49,6 +51,7 @@ class Supervisor:
         self.node = config.node_name
         self._config = config
         self._log = log
+        self._store = store
         self._registry = registry
         self._membership = membership
         self._seq_floor = seq_floor
@@ -110,7 +113,12 @@ class Supervisor:
         lease = await self._registry.claim(slug, presumed_dead=presumed_dead)
         floor = await self._seq_floor(slug)
         server = RoomServer(
-            lease, log=self._log, config=self._config, seq_floor=floor, checkpoint=self._checkpoint
+            lease,
+            log=self._log,
+            store=self._store,
+            config=self._config,
+            seq_floor=floor,
+            checkpoint=self._checkpoint,
         )
         try:
             await server.start()
