@@ -23,7 +23,7 @@ from .hub import PubSubHub
 from .keys import RoomKeys
 from .log import LogRange, RoomLog
 from .membership import Membership
-from .registry import RoomRegistry
+from .registry import LeaseTaken, RoomRegistry
 from .router import CommandRouter
 from .rpc import Rpc
 from .state_store import StateStore
@@ -35,6 +35,7 @@ logger = logging.getLogger("cluster.runtime")
 RuntimeState = Literal["new", "running", "draining", "stopped"]
 CLOSE_DRAINING = 1012
 SOCKET_CLOSE_WAIT_S = 3.0
+HANDOFF_CONFIRM_S = 2.0  # a successor that takes longer gets the room on first use instead
 
 
 async def _no_floor(slug: str) -> int:
@@ -89,6 +90,7 @@ class ClusterRuntime:
             seq_floor=self.hooks.seq_floor,
             checkpoint=self.hooks.checkpoint,
             room_is_idle=self._room_is_idle,
+            request_claim=self._request_claim,
         )
         self.rpc = Rpc(self.redis, self.hub, self.node, self._serve_rpc)
         self.router = CommandRouter(
@@ -221,7 +223,18 @@ class ClusterRuntime:
         return not (await self.online([slug]))[slug]
 
     async def _serve_rpc(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if op == "claim":
+            try:
+                await self.supervisor.activate(str(payload["room"]))
+            except LeaseTaken as taken:
+                return {"error": "not_owner", "owner": taken.owner}
+            return {"ok": True}
         return await self.router.serve(op, payload)
+
+    async def _request_claim(self, node: str, slug: str) -> None:
+        reply = await self.rpc.call(node, "claim", {"room": slug}, timeout=HANDOFF_CONFIRM_S)
+        if "error" in reply:
+            raise RuntimeError(f"claim refused: {reply}")
 
     async def _on_lost(self) -> None:
         await self.supervisor.drop_all()

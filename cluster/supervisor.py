@@ -28,6 +28,7 @@ logger = logging.getLogger("cluster.supervisor")
 
 SeqFloor = Callable[[str], Awaitable[int]]
 RoomIsIdle = Callable[[str], Awaitable[bool]]
+RequestClaim = Callable[[str, str], Awaitable[None]]  # (successor node, room)
 
 MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
 RESTART_WINDOW_S = 30.0
@@ -47,6 +48,7 @@ class Supervisor:
         seq_floor: SeqFloor,
         checkpoint: Checkpoint | None,
         room_is_idle: RoomIsIdle,
+        request_claim: RequestClaim | None = None,
     ) -> None:
         self.node = config.node_name
         self._config = config
@@ -57,6 +59,7 @@ class Supervisor:
         self._seq_floor = seq_floor
         self._checkpoint = checkpoint
         self._room_is_idle = room_is_idle
+        self._request_claim = request_claim
         self.servers: dict[str, RoomServer] = {}
         self._activating: dict[str, asyncio.Task[RoomServer]] = {}
         self._crashes: dict[str, list[float]] = {}
@@ -172,6 +175,18 @@ class Supervisor:
             return False
         await self._retire(server, successor=successor)
         self.handoffs += 1
+        if successor is not None and self._request_claim is not None:
+            # Ask the successor directly and wait for its claim: when this returns, the room
+            # has its new owner (the release announcement is the fallback if this fails).
+            try:
+                await self._request_claim(successor, slug)
+            except Exception as exc:
+                logger.warning(
+                    "%s did not confirm taking %s (%s); it claims on first use",
+                    successor,
+                    slug,
+                    exc,
+                )
         return True
 
     async def drop_all(self) -> None:
