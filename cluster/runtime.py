@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from redis.asyncio import Redis
-
 from . import keys
 from .commands import Ack, Command
 from .config import ClusterConfig
+from .connection import async_redis
 from .fanout import SEP, Attachment, Fanout, Listener
 from .hub import PubSubHub
 from .keys import RoomKeys
@@ -61,13 +60,7 @@ class ClusterRuntime:
 
     def __post_init__(self) -> None:
         self.node = self.config.node_name
-        self.redis = Redis.from_url(
-            self.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=10,
-        )
+        self.redis = async_redis(self.redis_url)
         self.log = RoomLog(
             self.redis,
             history_limit=self.config.history_limit,

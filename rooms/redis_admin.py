@@ -11,15 +11,14 @@ import redis
 from django.conf import settings
 
 from cluster import keys
+from cluster.connection import sync_redis
 from cluster.fanout import SEP
 from cluster.keys import RoomKeys
 
 
 @lru_cache(maxsize=4)
 def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
-        url, decode_responses=True, socket_connect_timeout=2, socket_timeout=5
-    )
+    return sync_redis(url)
 
 
 def client() -> redis.Redis:

@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pytest
-
 from tests.helm.chartkit import ROOT, Render, Rendered, pod_spec
 
 ROOM = "rehearsal"
@@ -642,12 +640,6 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
             assert delivered == list(range(first, seqs[-1] + 1)), f"{client.name}: {delivered}"
 
 
-@pytest.mark.xfail(
-    reason="the app validates the Host header of /metrics (and /healthz, /readyz) against "
-    "DJANGO_ALLOWED_HOSTS, and Prometheus sends the pod IP: scrapes get 400 until the app "
-    "exempts its operational endpoints",
-    strict=False,
-)
 def test_metrics_answer_a_scrape_addressed_to_the_pod_ip(render: Render, tmp_path: Path) -> None:
     """A ServiceMonitor scrape (and a probe without a Host header) addresses the pod by IP."""
     rendered = render()

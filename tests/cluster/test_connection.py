@@ -1,0 +1,102 @@
+"""REDIS_URL forms: plain, and Sentinel against a real sentinel process; malformed ones."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from cluster.commands import Command
+from cluster.config import ClusterConfig
+from cluster.connection import async_redis, parse_sentinel_url, sync_redis
+from cluster.embedded import EmbeddedRedis, free_port, redis_server_binary
+from cluster.runtime import ClusterRuntime
+
+
+def test_parse_sentinel_url() -> None:
+    target = parse_sentinel_url(
+        "rediss+sentinel://:s3cret@h1:26379,[::1]:26380/mymaster/2"
+        "?sentinel_password=sp&ssl_ca_certs=/ca.pem"
+    )
+    assert target.sentinels == [("h1", 26379), ("::1", 26380)]
+    assert (target.master, target.db, target.password) == ("mymaster", 2, "s3cret")
+    assert target.sentinel_password == "sp" and target.tls
+    assert target.tls_options == {"ssl_ca_certs": "/ca.pem"}
+    plain = parse_sentinel_url("redis+sentinel://h:26379/m")
+    assert (plain.db, plain.password, plain.tls) == (0, None, False)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:6379/0",
+        "redis+sentinel://h:26379",
+        "redis+sentinel://h:26379/",
+        "redis+sentinel://h/m",
+        "redis+sentinel://h:port/m",
+        "redis+sentinel://h:26379/m/x",
+        "redis+sentinel://h:26379/m/0/extra",
+    ],
+)
+def test_malformed_sentinel_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sentinel_url(url)
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[str]:
+    master = EmbeddedRedis.start(tmp_path / "master", appendonly=False)
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"sentinel monitor chatmaster 127.0.0.1 {master.port} 1\n"
+    )
+    process = subprocess.Popen(
+        [redis_server_binary(), str(conf), "--sentinel"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        probe = redis.Redis(port=port, decode_responses=True, socket_connect_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if probe.execute_command("SENTINEL", "get-master-addr-by-name", "chatmaster"):
+                    break
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "sentinel did not start"
+            time.sleep(0.05)
+        probe.close()
+        yield f"redis+sentinel://127.0.0.1:{port}/chatmaster/0"
+    finally:
+        process.terminate()
+        process.wait(10)
+        master.stop()
+
+
+def test_sync_client_through_sentinel(sentinel: str) -> None:
+    client = sync_redis(sentinel)
+    client.set("k", "v")
+    assert client.get("k") == "v"
+    client.close()
+
+
+@pytest.mark.asyncio
+async def test_runtime_runs_through_sentinel(sentinel: str) -> None:
+    probe = async_redis(sentinel)
+    assert await probe.ping()
+    await probe.aclose()
+    runtime = ClusterRuntime(ClusterConfig("s1"), sentinel)
+    await runtime.start()
+    try:
+        ack = await runtime.submit("room", Command("send", "u", "c1", body="via sentinel"))
+        assert ack.seq == 1
+        assert runtime.ready
+    finally:
+        await runtime.stop()
