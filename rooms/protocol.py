@@ -55,6 +55,6 @@ def error_frame(code: ErrorCode, detail: str, client_id: str | None = None) -> d
 def parse_after(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         raise CommandError("bad_request", f"after={raw!r} must be a whole number >= 0")
     return int(raw)

@@ -127,7 +127,7 @@ async def test_commands_during_a_drain_reach_the_new_owner(
 async def test_edit_after_delete_never_resurrects(
     pair: tuple[ClusterRuntime, ClusterRuntime],
 ) -> None:
-    a, b = pair
+    a, _ = pair
     await a.supervisor.activate("room")
     await a.submit("room", Command("send", "u", "s", body="secret"))
     await a.submit("room", Command("delete", "u", "d", id="m1"))
