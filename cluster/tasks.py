@@ -34,7 +34,12 @@ class TaskGroup:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            if pending:
+                logger.warning(
+                    "%s: %d task(s) ignored cancellation for %.1fs: %s",
+                    self._name, len(pending), timeout, sorted(t.get_name() for t in pending),
+                )  # fmt: skip
         self._tasks.clear()
 
     def __len__(self) -> int:

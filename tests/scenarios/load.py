@@ -48,10 +48,20 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, step: float 
     return time.monotonic() - start
 
 
+def all_events(node: Node, room: str) -> list[dict[str, Any]]:
+    """The room's whole log from the events API, page by page (a page holds at most 1000)."""
+    events: list[dict[str, Any]] = []
+    while True:
+        after = int(events[-1]["seq"]) if events else 0
+        status, page = node.get(f"/api/rooms/{room}/events?after={after}&limit=1000")
+        assert status == 200, page
+        if not page["events"]:
+            return events
+        events.extend(page["events"])
+
+
 def check_invariants(node: Node, room: str, clients: list[RoamingClient]) -> list[dict[str, Any]]:
-    status, page = node.get(f"/api/rooms/{room}/events?after=0&limit=1000")
-    assert status == 200
-    events = page["events"]
+    events = all_events(node, room)
     assert_log_is_gapless(events)
     for client in clients:
         assert not client.pending, f"{client.name} has unacked commands"

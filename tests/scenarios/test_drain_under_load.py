@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from cluster.placement import preferred_node
-from tests.scenarios.load import Load, check_invariants, wait_until
+from tests.scenarios.load import Load, all_events, check_invariants, wait_until
 from tests.support.client import RoamingClient
 from tests.support.nodes import Cluster
 
@@ -84,9 +84,7 @@ async def test_drain_under_load(cluster: Cluster) -> None:
         events = check_invariants(survivors[0], slug, group)
         assert len(events) == sum(len(c.sent) for c in group), slug  # each command once
         # Both survivors answer the same log.
-        assert survivors[1].get(f"/api/rooms/{slug}/events?after=0&limit=1000")[1]["events"] == (
-            events
-        )
+        assert all_events(survivors[1], slug) == events
     errors = Counter(f["code"] for c in everyone for f in c.errors)
     print(f"drained {victim.name} (rooms {handed_off}); error frames seen: {dict(errors)}")
     # CONTRACT 5: no client sees an error on SIGTERM (not even a retryable "unavailable").
