@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from . import events
+from . import events, keys
 from .hub import PubSubHub
 from .keys import RoomKeys
 from .log import RoomLog
@@ -166,8 +166,28 @@ class Fanout:
     def _lock(self, slug: str) -> asyncio.Lock:
         return self._locks.setdefault(slug, asyncio.Lock())
 
+    async def clear_stale_presence(self) -> int:
+        """At start: remove presence a previous process under our name left behind (it was
+        killed, or restarted faster than its peers noticed). Returns the entries removed."""
+        index = keys.node_presence_key(self._node)
+        removed = 0
+        for slug in await self._redis.smembers(index):
+            presence_key = RoomKeys(slug).presence
+            mine = [
+                f for f in await self._redis.hkeys(presence_key) if f.startswith(self._node + SEP)
+            ]
+            if mine:
+                await self._redis.hdel(presence_key, *mine)
+                removed += len(mine)
+                for field in mine:
+                    payload = {"node": self._node, "user": field.split(SEP, 1)[1], "present": False}
+                    await self._redis.publish(RoomKeys(slug).channel, "P" + json.dumps(payload))
+        await self._redis.delete(index)
+        return removed
+
     async def _open(self, slug: str) -> LocalRoom:
         room = LocalRoom(slug)
+        await self._redis.sadd(keys.node_presence_key(self._node), slug)
         # Subscribe first, then read the watermark: anything published in between is either
         # at or below it (skipped) or above it (delivered), never lost.
         await self._hub.subscribe(RoomKeys(slug).channel, lambda data: self._on_publish(room, data))

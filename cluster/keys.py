@@ -79,6 +79,11 @@ def node_rooms_key(name: str) -> str:
     return f"{PREFIX}:{{node:{name}}}:rooms"
 
 
+def node_presence_key(name: str) -> str:
+    """Set of rooms where the node has written presence (cleared when it starts again)."""
+    return f"{PREFIX}:{{node:{name}}}:presence"
+
+
 def node_rpc_channel(name: str) -> str:
     return f"{PREFIX}:{{node:{name}}}:rpc"
 
