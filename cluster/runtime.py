@@ -22,6 +22,7 @@ from .hub import PubSubHub
 from .keys import RoomKeys
 from .log import LogRange, RoomLog
 from .membership import Membership
+from .placement import preferred_node
 from .registry import LeaseTaken, RoomRegistry
 from .router import CommandRouter
 from .rpc import Rpc
@@ -227,6 +228,15 @@ class ClusterRuntime:
             return {"ok": True}
         return await self.router.serve(op, payload)
 
+    async def _move(self, slug: str, to: object) -> None:
+        """Hand a room we own to ``to`` (or its next preferred node): the admin's "move"."""
+        others = [n for n in self.membership.up if n != self.node]
+        target = to if isinstance(to, str) and to in others else preferred_node(slug, others)
+        if target is None:
+            logger.warning("cannot move %s: no other node is up", slug)
+            return
+        await self.supervisor.handoff(slug, target)
+
     async def _request_claim(self, node: str, slug: str) -> None:
         reply = await self.rpc.call(node, "claim", {"room": slug}, timeout=HANDOFF_CONFIRM_S)
         if "error" in reply:
@@ -253,6 +263,8 @@ class ClusterRuntime:
         op = message.get("op")
         if op in ("join", "leave"):
             self.membership.poke()
+        elif op == "move" and str(message.get("room")) in self.supervisor.servers:
+            self._tasks.spawn(self._move(str(message["room"]), message.get("to")), "move")
         elif op in ("owner", "released"):
             self.registry.on_announcement(message)
             if op == "released" and message.get("successor") == self.node:

@@ -47,7 +47,7 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_filter = [ArchivedFilter, "created_at"]
     search_fields = ["slug", "name", "topic"]
     readonly_fields = ["created_at", "seq_high_water"]
-    actions = ["archive_rooms", "unarchive_rooms", "purge_history"]
+    actions = ["archive_rooms", "unarchive_rooms", "purge_history", "move_rooms"]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RoomChangeList]:
         return RoomChangeList
@@ -83,3 +83,12 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         for room in queryset:
             services.room_purge_history(room)
         self.message_user(request, f"Purged {queryset.count()} room(s).", messages.SUCCESS)
+
+    @admin.action(description="Move to another node (hand-off, no lost messages)")
+    def move_rooms(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+        for room in queryset:
+            redis_admin.room_move(room.slug)
+        self.message_user(
+            request, f"Asked the owners of {queryset.count()} room(s) to hand them off.",
+            messages.SUCCESS,
+        )  # fmt: skip

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -88,6 +89,13 @@ def room_purge(slug: str) -> int:
     pipe.delete(k.log, k.state)
     seq, _ = pipe.execute()
     return int(seq or 0)
+
+
+def room_move(slug: str, to: str | None = None) -> int:
+    """Ask the room's owner to hand it off (to ``to``, or its next preferred node).
+    Returns how many nodes heard the request."""
+    payload = json.dumps({"op": "move", "room": slug, "to": to})
+    return int(client().publish(keys.CLUSTER_CHANNEL, payload))
 
 
 def ping() -> bool:

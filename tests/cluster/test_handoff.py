@@ -135,3 +135,21 @@ async def test_edit_after_delete_never_resurrects(
         await a.submit("room", Command("edit", "u", "e", body="back?", id="m1"))
     state = a.supervisor.servers["room"].state
     assert state.message("m1") == {"user": "u", "body": "secret", "seq": 1, "deleted": True}
+
+
+async def test_admin_move_hands_the_room_off(pair: tuple[ClusterRuntime, ClusterRuntime]) -> None:
+    import json
+
+    from cluster import keys
+
+    a, b = pair
+    await a.supervisor.activate("room")
+    await busy_room(a, "room", n=30)
+    old = a.supervisor.servers["room"]
+    await a.redis.publish(keys.CLUSTER_CHANNEL, json.dumps({"op": "move", "room": "room"}))
+    async with asyncio.timeout(5):
+        while b.supervisor.get("room") is None:
+            await asyncio.sleep(0.01)
+    server = b.supervisor.get("room")
+    assert server is not None and "room" not in a.supervisor.servers
+    assert server.state.digest() == old.state.digest()

@@ -40,7 +40,7 @@ async def test_append_assigns_gapless_seqs_under_its_epoch(redis: Redis) -> None
             event=message(str(i)),
             user="u",
             client_id=f"c{i}",
-        )  # fmt: skip
+        )
         for i in range(5)
     ]
     assert [r.seq for r in results] == [1, 2, 3, 4, 5]

@@ -77,7 +77,7 @@ async def test_presence_after_kill(cluster: Cluster) -> None:
     leaves_seen = [u for f in bob.frames[start:] if f.get("type") == "presence_diff"
                    for u in f["leaves"]]  # fmt: skip
     assert "tess" not in leaves_seen
-    assert presence(bob.frames) == ["bob", "tess", "watcher"]
+    assert presence(bob.frames) == ["bob", "tess", "watcher"], [f for f in bob.frames if f["type"].startswith("pres")]
     assert presence(tess_b.frames) == ["bob", "tess", "watcher"]
     late = ChatClient(b.ws, "lobby", "late")
     await late.connect()
