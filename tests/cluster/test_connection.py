@@ -100,3 +100,36 @@ async def test_runtime_runs_through_sentinel(sentinel: str) -> None:
         assert runtime.ready
     finally:
         await runtime.stop()
+
+
+def test_embedded_redis_dies_with_its_parent(tmp_path: Path) -> None:
+    """A node killed with SIGKILL must not leave its embedded Redis running."""
+    import os
+    import signal
+    import sys
+
+    script = (
+        "import sys, time; sys.path.insert(0, sys.argv[1]);"
+        "from cluster.embedded import EmbeddedRedis;"
+        "r = EmbeddedRedis.start(sys.argv[2], appendonly=False);"
+        "print(r.process.pid, flush=True); time.sleep(60)"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, root, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as stat:
+            if stat.read().split()[2] == "Z":  # exited, waiting to be reaped by init
+                break
+        assert time.monotonic() < deadline, "the embedded Redis outlived its parent"
+        time.sleep(0.05)
