@@ -60,11 +60,18 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+_VALID_NODES: set[str] = set()  # node ids already checked: a snapshot repeats a few thousand times
+
+
 def _check_node(node: object) -> str:
     if not isinstance(node, str):
         raise ValueError(f"node id must be a str, not {type(node).__name__}")
+    if node in _VALID_NODES:
+        return node
     if any(ch.isspace() or not ch.isprintable() for ch in node):
         raise ValueError(f"node id {node!r} contains whitespace or unprintable characters")
+    if len(_VALID_NODES) < 10_000:
+        _VALID_NODES.add(node)
     return node
 
 

@@ -32,7 +32,7 @@ RequestClaim = Callable[[str, str], Awaitable[None]]  # (successor node, room)
 
 MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
 RESTART_WINDOW_S = 30.0
-REBALANCE_BATCH = 5  # rooms handed to a newcomer per step, so a join never stalls many rooms
+HANDOFF_CONCURRENCY = 4  # rooms in hand-off at once (drain, rebalance): each pauses only briefly
 SWEEP_INTERVAL_S = 2.0
 
 
@@ -201,11 +201,22 @@ class Supervisor:
         """Hand every room to its next preferred node; they claim at once, nobody waits."""
         self.draining = True
         others = [n for n in self._membership.up if n != self.node]
-        slugs = list(self.servers)
-        await asyncio.gather(
-            *(self.handoff(slug, preferred_node(slug, others)) for slug in slugs),
-            return_exceptions=True,
-        )
+        await self._handoff_all([(slug, preferred_node(slug, others)) for slug in self.servers])
+
+    async def _handoff_all(self, moves: list[tuple[str, str | None]]) -> None:
+        """Hand rooms off a few at a time. A room pauses from the moment its server stops until
+        its successor serves it; handing all of them off at once would make every room wait for
+        the whole batch, while the rooms not yet moved keep serving here meanwhile."""
+        gate = asyncio.Semaphore(HANDOFF_CONCURRENCY)
+
+        async def one(slug: str, successor: str | None) -> None:
+            async with gate:
+                try:
+                    await self.handoff(slug, successor)
+                except Exception:
+                    logger.exception("hand-off of %s failed; its lease expires instead", slug)
+
+        await asyncio.gather(*(one(slug, successor) for slug, successor in moves))
 
     async def on_announcement(self, message: dict[str, Any]) -> None:
         """A room was released naming us as successor: claim it now."""
@@ -252,12 +263,7 @@ class Supervisor:
         """Move rooms that now prefer another (up) node to it, a few at a time."""
         up = self._membership.up
         moving = [s for s in self.servers if preferred_node(s, up) not in (self.node, None)]
-        for i in range(0, len(moving), REBALANCE_BATCH):
-            batch = moving[i : i + REBALANCE_BATCH]
-            await asyncio.gather(
-                *(self.handoff(slug, preferred_node(slug, up)) for slug in batch),
-                return_exceptions=True,
-            )
+        await self._handoff_all([(slug, preferred_node(slug, up)) for slug in moving])
 
     async def _passivate_idle(self) -> None:
         cutoff = time.monotonic() - self._config.room_idle_s
