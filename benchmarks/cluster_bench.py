@@ -102,7 +102,9 @@ async def lease_upkeep(rooms: int, seconds: float, ttl_ms: int) -> dict[str, Any
     server = EmbeddedRedis.start(appendonly=False)
     sync = redis_sync.Redis.from_url(server.url, decode_responses=True)
     nodes = [
-        ClusterRuntime(ClusterConfig(f"n{i}", lease_ttl_ms=ttl_ms, rate_limit=(10**6, 1.0)), server.url)
+        ClusterRuntime(
+            ClusterConfig(f"n{i}", lease_ttl_ms=ttl_ms, rate_limit=(10**6, 1.0)), server.url
+        )
         for i in range(3)
     ]
     try:

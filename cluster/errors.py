@@ -30,7 +30,9 @@ class Fenced(Exception):
 class NotOwner(Exception):
     """A command reached a node that does not own the room."""
 
-    def __init__(self, slug: str, owner: str | None = None) -> None:
+    def __init__(self, slug: str, owner: str | None = None, *, handoff: bool = False) -> None:
         super().__init__(f"room {slug!r} is not owned here (owner: {owner})")
         self.slug = slug
         self.owner = owner
+        # True when the room is being handed to ``owner`` right now (it may claim on request).
+        self.handoff = handoff

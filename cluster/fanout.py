@@ -88,7 +88,9 @@ class Fanout:
 
     async def stop(self) -> None:
         for slug in list(self.rooms):
-            room = self.rooms.pop(slug)
+            room = self.rooms.pop(slug, None)
+            if room is None:  # closed by a detach while we awaited
+                continue
             await self._hub.unsubscribe(RoomKeys(slug).channel)
             await self._clear_presence(room)
             if room.task is not None:

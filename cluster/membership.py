@@ -74,7 +74,11 @@ class Membership:
     @property
     def up(self) -> list[str]:
         """Live nodes that take new rooms (draining ones do not)."""
-        return sorted(n for n, info in self.nodes.items() if info.state == "up")
+        return sorted(
+            n
+            for n, info in self.nodes.items()
+            if info.state == "up" and not (n == self.name and self.state == "draining")
+        )
 
     def is_live(self, name: str) -> bool:
         return name in self.nodes

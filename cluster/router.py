@@ -51,9 +51,14 @@ class CommandRouter:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.send_timeout_ms / 1000
         delay = 0.02
+        hint: str | None = None
+        hint_handoff = False
+        hints = 0
         while True:
             try:
-                return await self._attempt(slug, command, deadline - loop.time())
+                return await self._attempt(
+                    slug, command, deadline - loop.time(), hint, handoff=hint_handoff
+                )
             except (NotOwner, LeaseTaken, Unreachable, RpcTimeout, RedisError, OSError) as exc:
                 self._registry.invalidate(slug)
                 remaining = deadline - loop.time()
@@ -63,13 +68,34 @@ class CommandRouter:
                         "unavailable", "the room is moving or Redis is unreachable; retry"
                     ) from exc
                 self.retries += 1
+                if isinstance(exc, NotOwner) and exc.owner and hints < 3:
+                    # The node we asked named the owner (or the successor of a hand-off in
+                    # progress): go there now instead of sleeping.
+                    hint = exc.owner if exc.owner != self.node else None
+                    hints += 1
+                    hint_handoff = exc.handoff
+                    continue
+                hint, hint_handoff = None, False
                 await asyncio.sleep(min(delay, remaining))
                 delay = min(0.25, delay * 2)
 
-    async def _attempt(self, slug: str, command: Command, budget: float) -> Ack:
+    async def _attempt(
+        self,
+        slug: str,
+        command: Command,
+        budget: float,
+        hint: str | None = None,
+        *,
+        handoff: bool = False,
+    ) -> Ack:
         local = self._supervisor.get(slug)
         if local is not None:
             return await local.submit(command)
+        successor = self._supervisor.moving.get(slug)
+        if successor is not None:  # we are handing the room to it: forward
+            return await self._remote(successor, slug, command, budget, handoff=True)
+        if hint is not None and self._membership.is_live(hint):
+            return await self._remote(hint, slug, command, budget, handoff=handoff)
         lease = await self._registry.lookup(slug)
         if lease is not None and lease.node != self.node and self._membership.is_live(lease.node):
             return await self._remote(lease.node, slug, command, budget)
@@ -81,12 +107,15 @@ class CommandRouter:
             return await server.submit(command)
         return await self._remote(target, slug, command, budget)
 
-    async def _remote(self, node: str, slug: str, command: Command, budget: float) -> Ack:
+    async def _remote(
+        self, node: str, slug: str, command: Command, budget: float, *, handoff: bool = False
+    ) -> Ack:
         self.remote += 1
         timeout = max(0.05, min(ATTEMPT_TIMEOUT_S, budget))
-        reply = await self._rpc.call(
-            node, "command", {"room": slug, "command": command.to_wire()}, timeout=timeout
-        )
+        payload: dict[str, Any] = {"room": slug, "command": command.to_wire()}
+        if handoff:
+            payload["handoff"] = True
+        reply = await self._rpc.call(node, "command", payload, timeout=timeout)
         return ack_from_reply(slug, reply)
 
     async def serve(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -98,11 +127,21 @@ class CommandRouter:
         try:
             server = self._supervisor.get(slug)
             if server is None:
+                successor = self._supervisor.moving.get(slug)
+                if successor is not None:
+                    return {"error": "not_owner", "owner": successor, "handoff": True}
                 lease = await self._registry.lookup(slug, fresh=True)
                 if lease is not None and lease.node != self.node:
                     if self._membership.is_live(lease.node):
                         return {"error": "not_owner", "owner": lease.node}
                     server = await self._supervisor.activate(slug, presumed_dead=lease.node)
+                elif lease is None and not payload.get("handoff"):
+                    # Nobody owns it: only its preferred node takes it (a command that raced
+                    # a hand-off must not pull the room back to the node that just gave it up).
+                    target = preferred_node(slug, self._membership.up)
+                    if target is not None and target != self.node:
+                        return {"error": "not_owner", "owner": target}
+                    server = await self._supervisor.activate(slug)
                 else:
                     server = await self._supervisor.activate(slug)
             ack = await server.submit(command)
@@ -118,7 +157,7 @@ def ack_from_reply(slug: str, reply: dict[str, Any]) -> Ack:
         return Ack.from_wire(reply["ack"])
     code = reply.get("error")
     if code == "not_owner":
-        raise NotOwner(slug, reply.get("owner"))
+        raise NotOwner(slug, reply.get("owner"), handoff=bool(reply.get("handoff")))
     if code in ("bad_request", "too_large", "rate_limited", "forbidden", "not_found"):
         raise CommandError(code, str(reply.get("detail", "")))
     raise NotOwner(slug)  # "unavailable" on the owner: worth another try

@@ -103,10 +103,11 @@ class ClusterRuntime:
         await self.hub.start()
         await self.hub.subscribe(keys.CLUSTER_CHANNEL, self._on_cluster_message)
         await self.rpc.start()
-        await self.membership.start()
+        # Before we are seen live: nobody may mistake a predecessor's presence for ours.
         stale = await self.fanout.clear_stale_presence()
         if stale:
             logger.info("cleared %d presence entries left by an earlier %s", stale, self.node)
+        await self.membership.start()
         await self.supervisor.start()
         self.state = "running"
         logger.info("node %s joined the cluster (%d live)", self.node, len(self.membership.live))

@@ -61,6 +61,8 @@ class Supervisor:
         self._room_is_idle = room_is_idle
         self._request_claim = request_claim
         self.servers: dict[str, RoomServer] = {}
+        # Rooms being handed off right now -> their successor (commands go there meanwhile).
+        self.moving: dict[str, str] = {}
         self._activating: dict[str, asyncio.Task[RoomServer]] = {}
         self._crashes: dict[str, list[float]] = {}
         self._tasks = TaskGroup("supervisor")
@@ -173,8 +175,17 @@ class Supervisor:
         server = self.servers.get(slug)
         if server is None:
             return False
-        await self._retire(server, successor=successor)
-        self.handoffs += 1
+        if successor is not None:
+            self.moving[slug] = successor
+        try:
+            await self._retire(server, successor=successor)
+            self.handoffs += 1
+            await self._confirm(slug, successor)
+        finally:
+            self.moving.pop(slug, None)
+        return True
+
+    async def _confirm(self, slug: str, successor: str | None) -> None:
         if successor is not None and self._request_claim is not None:
             # Ask the successor directly and wait for its claim: when this returns, the room
             # has its new owner (the release announcement is the fallback if this fails).
@@ -187,7 +198,6 @@ class Supervisor:
                     slug,
                     exc,
                 )
-        return True
 
     async def drop_all(self) -> None:
         """The cluster presumed us dead: our leases may be someone else's now. Stop serving."""

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from cluster.commands import Command
@@ -41,6 +42,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     slug = ""
     runtime: ClusterRuntime | None = None
     attached = False
+    closing = False
 
     async def connect(self) -> None:
         # Accept first, then refuse with a close code: a browser sees codes only after accept.
@@ -113,6 +115,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             frame = await self.outbox.get()
             kind = frame.get("type")
             if kind == "_close":
+                self.closing = True
                 await self.close(code=int(frame["code"]))
                 return
             if "seq" in frame:
@@ -177,4 +180,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.runtime.typing(self.slug, self.user)
 
     async def send_json(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+        if self.closing:
+            return  # the client resumes elsewhere and re-sends what was not acked
+        try:
+            await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+        except Disconnected:
+            # Closed under us (an ack that arrives after the close): not a crash, or the
+            # consumer dies before ``disconnect`` and its listener and presence leak.
+            self.closing = True

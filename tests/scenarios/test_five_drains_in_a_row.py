@@ -40,9 +40,7 @@ async def test_five_drains_in_a_row(cluster: Cluster) -> None:
     cluster.create_room(ROOM)
     live = [cluster.add(n, CHAT_RATE_LIMIT="1000/1") for n in ("a", "b", "c")]
     bases = [n.ws for n in live]
-    clients = [
-        RoamingClient(bases[i % 3 :] + bases[: i % 3], ROOM, f"user{i}") for i in range(4)
-    ]
+    clients = [RoamingClient(bases[i % 3 :] + bases[: i % 3], ROOM, f"user{i}") for i in range(4)]
     for client in clients:
         await client.connect()
     await clients[0].send("hello")
@@ -67,9 +65,7 @@ async def test_five_drains_in_a_row(cluster: Cluster) -> None:
             live.remove(victim)
             # The room answers again before the replacement arrives ...
             await wait_until(lambda a=acked: sum(len(c.acks) for c in clients) > a + 8, 10)
-            fresh = await asyncio.to_thread(
-                cluster.add, f"n{round_ + 4}", CHAT_RATE_LIMIT="1000/1"
-            )
+            fresh = await asyncio.to_thread(cluster.add, f"n{round_ + 4}", CHAT_RATE_LIMIT="1000/1")
             live.append(fresh)
             for client in clients:
                 client.bases.append(fresh.ws)

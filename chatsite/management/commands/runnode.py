@@ -79,9 +79,13 @@ class Command(BaseCommand):
             try:
                 await runtime.drain()
             finally:
-                await runtime.stop()
-                install(None)
-                reactor.stop()
+                try:
+                    await runtime.stop()
+                except Exception:
+                    logger.exception("stopping the runtime failed; exiting anyway")
+                finally:
+                    install(None)
+                    reactor.stop()
 
         reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
         try:
