@@ -133,6 +133,11 @@ class RoomServer:
                     "could not flush the state of %s; the deltas still hold it", self.slug
                 )
 
+    @property
+    def reserved(self) -> int:
+        """The seq reservation recorded outside Redis (see RESERVE_BLOCK)."""
+        return self._reserved
+
     async def snapshot(self) -> None:
         self.state.compact(self.last_seq)
         written = await self._store.write_snapshot(

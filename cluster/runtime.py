@@ -223,7 +223,10 @@ class ClusterRuntime:
     async def _serve_rpc(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
         if op == "claim":
             try:
-                await self.supervisor.activate(str(payload["room"]))
+                hint = payload.get("reserved")
+                await self.supervisor.activate(
+                    str(payload["room"]), reserved_hint=hint if isinstance(hint, int) else None
+                )
             except LeaseTaken as taken:
                 return {"error": "not_owner", "owner": taken.owner}
             return {"ok": True}
@@ -238,8 +241,9 @@ class ClusterRuntime:
             return
         await self.supervisor.handoff(slug, target)
 
-    async def _request_claim(self, node: str, slug: str) -> None:
-        reply = await self.rpc.call(node, "claim", {"room": slug}, timeout=HANDOFF_CONFIRM_S)
+    async def _request_claim(self, node: str, slug: str, reserved: int) -> None:
+        payload = {"room": slug, "reserved": reserved}
+        reply = await self.rpc.call(node, "claim", payload, timeout=HANDOFF_CONFIRM_S)
         if "error" in reply:
             raise RuntimeError(f"claim refused: {reply}")
 
@@ -267,6 +271,6 @@ class ClusterRuntime:
         elif op == "move" and str(message.get("room")) in self.supervisor.servers:
             self._tasks.spawn(self._move(str(message["room"]), message.get("to")), "move")
         elif op in ("owner", "released"):
+            # A hand-off's successor is asked by RPC (with the seq reservation); the
+            # announcement only corrects caches.
             self.registry.on_announcement(message)
-            if op == "released" and message.get("successor") == self.node:
-                self._tasks.spawn(self.supervisor.on_announcement(message), "claim-handoff")

@@ -28,7 +28,7 @@ logger = logging.getLogger("cluster.supervisor")
 
 SeqFloor = Callable[[str], Awaitable[int]]
 RoomIsIdle = Callable[[str], Awaitable[bool]]
-RequestClaim = Callable[[str, str], Awaitable[None]]  # (successor node, room)
+RequestClaim = Callable[[str, str, int], Awaitable[None]]  # (successor, room, reservation)
 
 MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
 RESTART_WINDOW_S = 30.0
@@ -92,8 +92,14 @@ class Supervisor:
         server = self.servers.get(slug)
         return server if server is not None and server.accepting else None
 
-    async def activate(self, slug: str, *, presumed_dead: str = "") -> RoomServer:
-        """Own ``slug`` here (claiming its lease) and serve it; raises LeaseTaken."""
+    async def activate(
+        self, slug: str, *, presumed_dead: str = "", reserved_hint: int | None = None
+    ) -> RoomServer:
+        """Own ``slug`` here (claiming its lease) and serve it; raises LeaseTaken.
+
+        ``reserved_hint``: the seq reservation a handing-off owner had; when Redis still holds
+        it, the database need not be asked for the seq floor.
+        """
         server = self.get(slug)
         if server is not None:
             return server
@@ -101,7 +107,9 @@ class Supervisor:
             raise LeaseTaken(slug, "", 0)
         pending = self._activating.get(slug)
         if pending is None:
-            pending = asyncio.get_running_loop().create_task(self._activate(slug, presumed_dead))
+            pending = asyncio.get_running_loop().create_task(
+                self._activate(slug, presumed_dead, reserved_hint)
+            )
             self._activating[slug] = pending
             pending.add_done_callback(lambda t: self._activation_done(slug, t))
         return await asyncio.shield(pending)
@@ -111,12 +119,14 @@ class Supervisor:
         if not task.cancelled():
             task.exception()  # retrieved here; the awaiting caller handles it
 
-    async def _activate(self, slug: str, presumed_dead: str) -> RoomServer:
+    async def _activate(
+        self, slug: str, presumed_dead: str, reserved_hint: int | None
+    ) -> RoomServer:
         old = self.servers.pop(slug, None)
         if old is not None:
             await old.stop()
         lease = await self._registry.claim(slug, presumed_dead=presumed_dead)
-        floor = await self._seq_floor(slug)
+        floor = await self._seq_floor_for(slug, reserved_hint)
         server = RoomServer(
             lease,
             log=self._log,
@@ -138,6 +148,13 @@ class Supervisor:
             await self._registry.forget_index(presumed_dead, [slug])
         logger.info("room %s active here at epoch %d", slug, lease.epoch)
         return server
+
+    async def _seq_floor_for(self, slug: str, reserved_hint: int | None) -> int:
+        # A planned hand-off: if Redis kept the predecessor's reservation, nothing was lost
+        # since it was made, and the database (a slow, shared resource) need not be asked.
+        if reserved_hint and await self._log.reservation(slug) >= reserved_hint:
+            return reserved_hint
+        return await self._seq_floor(slug)
 
     def _on_server_done(self, server: RoomServer, task: asyncio.Task[Any]) -> None:
         if self.servers.get(server.slug) is not server:
@@ -180,17 +197,17 @@ class Supervisor:
         try:
             await self._retire(server, successor=successor)
             self.handoffs += 1
-            await self._confirm(slug, successor)
+            await self._confirm(slug, successor, server.reserved)
         finally:
             self.moving.pop(slug, None)
         return True
 
-    async def _confirm(self, slug: str, successor: str | None) -> None:
+    async def _confirm(self, slug: str, successor: str | None, reserved: int) -> None:
         if successor is not None and self._request_claim is not None:
             # Ask the successor directly and wait for its claim: when this returns, the room
             # has its new owner (the release announcement is the fallback if this fails).
             try:
-                await self._request_claim(successor, slug)
+                await self._request_claim(successor, slug, reserved)
             except Exception as exc:
                 logger.warning(
                     "%s did not confirm taking %s (%s); it claims on first use",
@@ -227,16 +244,6 @@ class Supervisor:
                     logger.exception("hand-off of %s failed; its lease expires instead", slug)
 
         await asyncio.gather(*(one(slug, successor) for slug, successor in moves))
-
-    async def on_announcement(self, message: dict[str, Any]) -> None:
-        """A room was released naming us as successor: claim it now."""
-        if message.get("op") != "released" or message.get("successor") != self.node:
-            return
-        slug = str(message["room"])
-        try:
-            await self.activate(slug)
-        except LeaseTaken:
-            pass
 
     async def on_membership(self, joined: set[str], left: set[str]) -> None:
         for node in left:

@@ -153,3 +153,42 @@ async def test_admin_move_hands_the_room_off(pair: tuple[ClusterRuntime, Cluster
     server = b.supervisor.get("room")
     assert server is not None and "room" not in a.supervisor.servers
     assert server.state.digest() == old.state.digest()
+
+
+async def test_planned_handoff_skips_the_database_unless_redis_lost_the_reservation(
+    redis_url: str,
+) -> None:
+    from cluster.runtime import RuntimeHooks
+
+    database: dict[str, int] = {}
+    asked: list[str] = []
+
+    async def seq_floor(slug: str) -> int:
+        asked.append(slug)
+        return database.get(slug, 0)
+
+    async def checkpoint(slug: str, seq: int) -> None:
+        database[slug] = max(database.get(slug, 0), seq)
+
+    hooks = RuntimeHooks(seq_floor=seq_floor, checkpoint=checkpoint)
+    config = ClusterConfig("a", lease_ttl_ms=TTL_MS, rate_limit=(10_000, 1.0))
+    a = ClusterRuntime(config, redis_url, hooks)
+    b = ClusterRuntime(
+        ClusterConfig("b", lease_ttl_ms=TTL_MS, rate_limit=(10_000, 1.0)), redis_url, hooks
+    )
+    await a.start()
+    await b.start()
+    try:
+        await a.supervisor.activate("room")
+        await a.submit("room", Command("send", "u", "c1", body="x"))
+        asked.clear()
+        await a.supervisor.handoff("room", "b")
+        assert b.supervisor.get("room") is not None and asked == []
+        await b.redis.delete("chat:{room:room}:reserved")  # Redis lost it since
+        await b.supervisor.handoff("room", "a")
+        assert a.supervisor.get("room") is not None and asked == ["room"]
+        ack = await a.submit("room", Command("send", "u", "c2", body="y"))
+        assert ack.seq > database["room"] - 100  # continues above the database's reservation
+    finally:
+        await a.stop()
+        await b.stop()
