@@ -65,7 +65,6 @@ class RoomState:
         cutoff = last_seq - self.window
         if cutoff <= 0:
             return
-        kept = LWWMap()
         old_ids = {
             key[4:]
             for key, value in self.map.items("msg:")
@@ -73,10 +72,13 @@ class RoomState:
             and isinstance(value.get("seq"), int)
             and int(str(value["seq"])) <= cutoff
         }
-        for key, entry in self.map.entries():
-            if key.split(":", 1)[1] in old_ids and key.startswith(("msg:", "del:")):
-                continue
-            kept.merge(LWWMap({key: entry}))
+        kept = LWWMap(
+            {
+                key: entry
+                for key, entry in self.map.entries()
+                if not (key.startswith(("msg:", "del:")) and key[4:] in old_ids)
+            }
+        )
         self.map = kept
 
     def load(self, snapshot: LWWMap) -> None:
