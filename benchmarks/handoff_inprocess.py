@@ -42,6 +42,11 @@ def node(name: str, url: str) -> ClusterRuntime:
     return ClusterRuntime(ClusterConfig(name, rate_limit=(10**6, 1.0), send_timeout_ms=10_000), url)
 
 
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rooms", type=int, default=100)
@@ -145,8 +150,7 @@ async def main() -> None:
         "per_drain": drains,
     }
     print(json.dumps({k: v for k, v in results.items() if k != "per_drain"}, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+    write_results(Path(args.out), results)
 
 
 if __name__ == "__main__":
