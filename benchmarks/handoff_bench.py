@@ -48,6 +48,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 import websockets  # noqa: E402
 
 from cluster.embedded import EmbeddedRedis  # noqa: E402
+from tests.scenarios.load import all_events  # noqa: E402
 from tests.support.nodes import Cluster, Node, http_get, manage  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -253,17 +254,6 @@ def room_owners(nodes: list[Node]) -> dict[str, str]:
             if status == 200:
                 return {r["slug"]: r["owner"] for r in view["rooms"]}
     return {}
-
-
-def all_events(node: Node, room: str) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while True:
-        after = int(events[-1]["seq"]) if events else 0
-        status, page = node.get(f"/api/rooms/{room}/events?after={after}&limit=1000")
-        assert status == 200, page
-        if not page["events"]:
-            return events
-        events.extend(page["events"])
 
 
 def drain_seconds_in_log(node: Node) -> float | None:

@@ -15,11 +15,12 @@ from .runtime import current_runtime
 EVENTS_PAGE_MAX = 1000
 
 
-def _runtime_or_503() -> JsonResponse | None:
+def _running() -> ClusterRuntime | JsonResponse:
+    """This node's runtime, or the 503 to answer when it is not running."""
     runtime = current_runtime()
     if runtime is None or runtime.state == "stopped":
         return JsonResponse({"error": "unavailable", "detail": "node not running"}, status=503)
-    return None
+    return runtime
 
 
 @require_GET
@@ -43,11 +44,9 @@ async def readyz(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 async def rooms_list(request: HttpRequest) -> JsonResponse:
-    refused = _runtime_or_503()
-    if refused is not None:
-        return refused
-    runtime = current_runtime()
-    assert runtime is not None
+    runtime = _running()
+    if isinstance(runtime, JsonResponse):
+        return runtime
     rooms = [room async for room in Room.objects.active().order_by("name", "slug")]
     slugs = [room.slug for room in rooms]
     online = await runtime.online(slugs)
@@ -75,11 +74,9 @@ def _live_owner(runtime: ClusterRuntime, lease: Lease | None) -> str | None:
 
 @require_GET
 async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
-    refused = _runtime_or_503()
-    if refused is not None:
-        return refused
-    runtime = current_runtime()
-    assert runtime is not None
+    runtime = _running()
+    if isinstance(runtime, JsonResponse):
+        return runtime
     room = await selectors.room_aget(slug)
     if room is None:
         return JsonResponse({"error": "not_found", "detail": f"no room {slug!r}"}, status=404)
@@ -102,11 +99,9 @@ async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
 
 @require_GET
 async def cluster(request: HttpRequest) -> JsonResponse:
-    refused = _runtime_or_503()
-    if refused is not None:
-        return refused
-    runtime = current_runtime()
-    assert runtime is not None
+    runtime = _running()
+    if isinstance(runtime, JsonResponse):
+        return runtime
     return JsonResponse(await runtime.cluster_view())
 
 
