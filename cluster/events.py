@@ -7,8 +7,6 @@ from typing import Any
 
 Event = dict[str, Any]
 
-DURABLE_TYPES = frozenset({"message", "edit", "delete"})
-
 
 def encode_body(event: Event) -> str:
     """The event as stored in the log: everything but ``seq`` (the stream id carries it)."""

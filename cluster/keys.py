@@ -91,11 +91,3 @@ def node_rpc_channel(name: str) -> str:
 NODES = f"{PREFIX}:nodes"  # zset name -> last heartbeat (Redis time, ms)
 NODE_INFO = f"{PREFIX}:nodeinfo"  # hash name -> JSON {state, rooms, connections}
 CLUSTER_CHANNEL = f"{PREFIX}:cluster"  # membership and hand-off announcements
-ROOM_PREFIX = f"{PREFIX}:{{room:"
-
-
-def slug_from_key(key: str) -> str | None:
-    if not key.startswith(ROOM_PREFIX):
-        return None
-    end = key.find("}", len(ROOM_PREFIX))
-    return key[len(ROOM_PREFIX) : end] if end > 0 else None

@@ -38,12 +38,6 @@ class NodeInfo:
 
 
 @dataclass
-class _LocalStats:
-    rooms: int = 0
-    connections: int = 0
-
-
-@dataclass
 class Membership:
     redis: Redis
     config: ClusterConfig

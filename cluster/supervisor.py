@@ -19,7 +19,7 @@ from .config import ClusterConfig
 from .log import RoomLog
 from .membership import Membership
 from .placement import preferred_node
-from .registry import Lease, LeaseTaken, RoomRegistry
+from .registry import LeaseTaken, RoomRegistry
 from .room_server import Checkpoint, RoomServer
 from .state_store import StateStore
 from .tasks import TaskGroup, run_forever
@@ -291,6 +291,3 @@ class Supervisor:
 
     def _passivate_interval(self) -> float:
         return max(0.5, min(10.0, self._config.room_idle_s / 4))
-
-    def leases(self) -> list[Lease]:
-        return [s.lease for s in self.servers.values() if s.accepting]

@@ -42,9 +42,6 @@ class TaskGroup:
                 )  # fmt: skip
         self._tasks.clear()
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
 
 async def run_forever(
     name: str,

@@ -96,10 +96,3 @@ def room_move(slug: str, to: str | None = None) -> int:
     Returns how many nodes heard the request."""
     payload = json.dumps({"op": "move", "room": slug, "to": to})
     return int(client().publish(keys.CLUSTER_CHANNEL, payload))
-
-
-def ping() -> bool:
-    try:
-        return bool(client().ping())
-    except (redis.RedisError, OSError, RuntimeError):
-        return False
