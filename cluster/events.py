@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 Event = dict[str, Any]
@@ -25,8 +26,14 @@ def seq_of_stream_id(stream_id: str) -> int:
     return int(stream_id.split("-", 1)[0])
 
 
+# ``m`` and a seq: 1 to 18 ASCII digits, no leading zero. Not ``str.isdigit`` (it takes "²" and
+# "١", which ``int()`` refuses), and bounded so the seq is always a valid Redis stream id.
+_MESSAGE_ID = re.compile(r"m[1-9][0-9]{0,17}")
+
+
 def seq_of_message_id(message_id: str) -> int | None:
-    """Message ids are ``m<seq>``: the seq of the message that created them."""
-    if len(message_id) < 2 or message_id[0] != "m" or not message_id[1:].isdigit():
+    """Message ids are ``m<seq>``: the seq of the message that created them. Anything else is
+    no message at all (None), never an exception."""
+    if not isinstance(message_id, str) or _MESSAGE_ID.fullmatch(message_id) is None:
         return None
     return int(message_id[1:])
