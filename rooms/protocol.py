@@ -10,6 +10,7 @@ from cluster.errors import CommandError, ErrorCode
 
 CLIENT_TYPES = ("send", "edit", "delete", "typing")
 MAX_FRAME_CHARS = 16_000  # a body of 4,000 characters is far below; anything bigger is abuse
+MAX_SEQ = 2**53  # the largest seq a client may name: exact in a JavaScript number
 
 
 @dataclass(frozen=True)
@@ -21,28 +22,62 @@ class ClientFrame:
 
 
 def parse_client_frame(text: str) -> ClientFrame:
-    """Parse one text frame; raises CommandError('bad_request' | 'too_large') with a reason."""
+    """Parse one text frame; raises CommandError('bad_request' | 'too_large') with a reason.
+
+    What comes back is safe to hand to the cluster: every string in it encodes to UTF-8 (Redis,
+    the pub/sub RPC and the socket all need that). NUL is ordinary text here (JSON escapes it).
+    """
     if len(text) > MAX_FRAME_CHARS:
         raise CommandError("too_large", f"frame has {len(text)} characters")
     try:
         data = json.loads(text)
-    except ValueError:
+    except ValueError:  # also ints beyond Python's 4,300-digit limit
         raise CommandError("bad_request", "frame is not valid JSON") from None
+    except RecursionError:  # '[[[[...' nested deeper than the decoder's stack
+        raise CommandError("bad_request", "frame is nested too deeply") from None
     if not isinstance(data, dict):
         raise CommandError("bad_request", "frame must be a JSON object")
     kind = data.get("type")
-    if kind not in CLIENT_TYPES:
-        raise CommandError("bad_request", f"unknown frame type {kind!r}")
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        raise CommandError("bad_request", f"unknown frame type {_shown(kind)}")
     client_id = data.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not client_id):
         raise CommandError("bad_request", "client_id must be a non-empty string")
+    _check_text("client_id", client_id)
     body = data.get("body", "")
-    if kind in ("send", "edit") and not isinstance(body, str):
-        raise CommandError("bad_request", "body must be a string")
+    if kind in ("send", "edit"):
+        if not isinstance(body, str):
+            raise CommandError("bad_request", "body must be a string")
+        _check_text("body", body)
     message_id = data.get("id", "")
-    if kind in ("edit", "delete") and (not isinstance(message_id, str) or not message_id):
-        raise CommandError("bad_request", f"{kind} needs the id of a message")
-    return ClientFrame(kind, body if isinstance(body, str) else "", message_id, client_id)
+    if kind in ("edit", "delete"):
+        if not isinstance(message_id, str) or not message_id:
+            raise CommandError("bad_request", f"{kind} needs the id of a message")
+        _check_text("id", message_id)
+    return ClientFrame(
+        kind,
+        body if kind in ("send", "edit") else "",
+        message_id if kind in ("edit", "delete") else "",
+        client_id,
+    )
+
+
+def _check_text(field: str, value: str | None) -> None:
+    """JSON may carry lone surrogates (``"\\ud800"``): valid in a Python str, not in UTF-8."""
+    if value is None:
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise CommandError("bad_request", f"{field} is not valid Unicode text") from None
+
+
+def _shown(value: object) -> str:
+    """A short, always-encodable rendering of a client's value for an error detail."""
+    if not isinstance(value, str):
+        return type(value).__name__  # not its repr: a list may be nested a thousand deep
+    shown = ascii(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def error_frame(code: ErrorCode, detail: str, client_id: str | None = None) -> dict[str, Any]:
@@ -55,6 +90,16 @@ def error_frame(code: ErrorCode, detail: str, client_id: str | None = None) -> d
 def parse_after(raw: str | None) -> int | None:
     if raw is None or raw == "":
         return None
-    if not (raw.isascii() and raw.isdigit()):
-        raise CommandError("bad_request", f"after={raw!r} must be a whole number >= 0")
-    return int(raw)
+    return parse_seq("after", raw)
+
+
+def parse_seq(name: str, raw: str) -> int:
+    """A seq from a query string: ASCII digits only ("²" and "١" pass ``str.isdigit``, "-0",
+    " 3" and "1_0" pass ``int()``), at most ``MAX_SEQ`` (more is no seq: Redis refuses the
+    stream id, and ``int()`` refuses 4,300 digits)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_SEQ)):
+        raise CommandError("bad_request", f"{name}={_shown(raw)} must be a whole number >= 0")
+    value = int(raw)
+    if value > MAX_SEQ:
+        raise CommandError("bad_request", f"{name}={value} is above the largest seq ({MAX_SEQ})")
+    return value

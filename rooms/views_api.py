@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
+from cluster.errors import CommandError
 from cluster.registry import Lease
 from cluster.runtime import ClusterRuntime
 
 from . import metrics, selectors
-from .models import Room
+from .models import SLUG_PATTERN, Room
+from .protocol import parse_seq
 from .runtime import current_runtime
 
+logger = logging.getLogger("rooms.views_api")
+
 EVENTS_PAGE_MAX = 1000
+_SLUG = re.compile(SLUG_PATTERN.removeprefix("^").removesuffix("$"))
 
 
 def _running() -> ClusterRuntime | JsonResponse:
     """This node's runtime, or the 503 to answer when it is not running."""
     runtime = current_runtime()
     if runtime is None or runtime.state == "stopped":
-        return JsonResponse({"error": "unavailable", "detail": "node not running"}, status=503)
+        return _error(503, "unavailable", "node not running")
     return runtime
 
 
@@ -49,8 +57,12 @@ async def rooms_list(request: HttpRequest) -> JsonResponse:
         return runtime
     rooms = [room async for room in Room.objects.active().order_by("name", "slug")]
     slugs = [room.slug for room in rooms]
-    online = await runtime.online(slugs)
-    owners = {slug: await runtime.registry.lookup(slug) for slug in slugs}
+    try:
+        online = await runtime.online(slugs)
+        owners = {slug: await runtime.registry.lookup(slug) for slug in slugs}
+    except Exception:  # Redis unreachable or failing over: the client retries
+        logger.warning("rooms list: Redis could not be read", exc_info=True)
+        return _error(503, "unavailable", "room owners cannot be read now; try again")
     return JsonResponse(
         {
             "rooms": [
@@ -77,24 +89,48 @@ async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
     runtime = _running()
     if isinstance(runtime, JsonResponse):
         return runtime
+    if not _SLUG.fullmatch(slug):
+        # Not a slug at all (too long, "%00", "é"): no such room, and no database round trip
+        # with text a database may refuse (PostgreSQL and NUL).
+        return _error(404, "not_found", f"no room {slug[:60]!r}")
     room = await selectors.room_aget(slug)
     if room is None:
-        return JsonResponse({"error": "not_found", "detail": f"no room {slug!r}"}, status=404)
+        return _error(404, "not_found", f"no room {slug!r}")
     try:
-        after = int(request.GET.get("after", "0"))
-        limit = int(request.GET.get("limit", str(EVENTS_PAGE_MAX)))
-        if after < 0 or limit < 1:
-            raise ValueError
-    except ValueError:
-        return JsonResponse(
-            {"error": "bad_request", "detail": "after must be >= 0 and limit >= 1 (integers)"},
-            status=400,
-        )
-    page = await runtime.events(slug, after=after, limit=min(limit, EVENTS_PAGE_MAX))
-    body = {"room": slug, "events": page.events, "last_seq": page.last_seq}
+        after, before, limit = _page_params(request)
+    except CommandError as exc:
+        return _error(400, exc.code, exc.detail)
+    if before is not None:
+        # Seqs have no gaps (guarantee 1): the ``limit`` events just below ``before`` are the
+        # seqs above ``before - 1 - limit`` (none when ``before`` <= ``after`` + 1).
+        after = max(after, before - 1 - limit)
+    try:
+        page = await runtime.events(slug, after=after, limit=limit)
+    except Exception:  # Redis unreachable or failing over: the client retries
+        logger.warning("events of %s: the log could not be read", slug, exc_info=True)
+        return _error(503, "unavailable", "the room's log cannot be read now; try again")
+    found = page.events if before is None else [e for e in page.events if e["seq"] < before]
+    body = {"room": slug, "events": found, "last_seq": page.last_seq}
     if page.first_available > after + 1:
         body["first_available"] = page.first_available
     return JsonResponse(body)
+
+
+def _page_params(request: HttpRequest) -> tuple[int, int | None, int]:
+    """``after`` (default 0), ``before`` (optional) and ``limit`` (default and at most
+    ``EVENTS_PAGE_MAX``; more is served as that many), each a bounded whole number."""
+    after = parse_seq("after", request.GET.get("after", "0"))
+    raw_before = request.GET.get("before")
+    before = None if raw_before is None else parse_seq("before", raw_before)
+    limit = parse_seq("limit", request.GET.get("limit", str(EVENTS_PAGE_MAX)))
+    if limit < 1:
+        raise CommandError("bad_request", "limit must be at least 1")
+    return after, before, min(limit, EVENTS_PAGE_MAX)
+
+
+def _error(status: int, code: str, detail: str) -> JsonResponse:
+    # ``error`` is what this API always answered; ``code`` is the contract's name for it.
+    return JsonResponse({"error": code, "code": code, "detail": detail}, status=status)
 
 
 @require_GET
