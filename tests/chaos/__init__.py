@@ -1,0 +1,1 @@
+"""Chaos testing: clients that record everything, faults bounded in time, a history checker."""
