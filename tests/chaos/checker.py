@@ -86,7 +86,7 @@ class Report:
             f"reconnects {c['reconnects']}, failed connects {c['connect_failed']}",
             f"  commands sent {c['commands_sent']} ({c['distinct_commands']} distinct), "
             f"acked {c['acked']}, refused {c['refused']}, errors {c['errors']} "
-            f"(unavailable {c['error_unavailable']}), slowest answer {self.max_answer_s:.2f}s",
+            f"{dict(sorted(self.error_codes().items()))}, slowest answer {self.max_answer_s:.2f}s",
             f"  durable events: log {c['log_events']}, received {c['received']}, "
             f"gap frames {c['gaps']}, closes {dict(sorted(self.close_codes().items()))}",
             f"  acked lost {c['acked_lost']} (allowed after a loss {c['acked_lost_allowed']}), "
@@ -99,6 +99,9 @@ class Report:
         if len(self.violations) > SHOWN:
             lines.append(f"  ... and {len(self.violations) - SHOWN} more")
         return "\n".join(lines)
+
+    def error_codes(self) -> Counter[str]:
+        return Counter({k[6:]: v for k, v in self.counts.items() if k.startswith("error_")})
 
     def close_codes(self) -> Counter[str]:
         return Counter({k[6:]: v for k, v in self.counts.items() if k.startswith("close_")})

@@ -28,7 +28,7 @@ class Mode(enum.Enum):
     BLACKHOLE = "blackhole"  # connections accepted and kept, nothing forwarded either way
 
 
-@dataclass
+@dataclass(eq=False)  # identity: pairs live in a set
 class _Pair:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter | None = None

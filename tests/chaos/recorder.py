@@ -120,7 +120,8 @@ class RecordedClient:
 
     def __init__(self, bases: list[str] | Callable[[], list[str]], room: str, name: str, *,
                  journal: Journal, label: str | None = None,
-                 rng: random.Random | None = None) -> None:  # fmt: skip
+                 rng: random.Random | None = None,
+                 resume_from: int | None = None) -> None:  # fmt: skip
         self._bases = bases
         self.room = room
         self.name = name
@@ -134,6 +135,7 @@ class RecordedClient:
         self._which = self.rng.randrange(1000)
         self._seen_frames: dict[int, int] = {}  # socket index -> frames already processed
         self.last_seq = 0
+        self._resume_from = resume_from  # a first connect with ``after=`` (a late resumer)
 
     # -- sockets ------------------------------------------------------------------------------
 
@@ -155,7 +157,7 @@ class RecordedClient:
         while True:
             bases = self.bases
             base = bases[self._which % len(bases)]
-            after = self.last_seq if self.sockets else None
+            after = self.last_seq if self.sockets else self._resume_from
             socket = RecordedSocket(base, self.room, self.name, journal=self.journal,
                                     label=self.label, index=self._attempts)  # fmt: skip
             self._attempts += 1
