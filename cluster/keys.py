@@ -31,7 +31,7 @@ class RoomKeys:
 
     @property
     def reserved(self) -> str:
-        """Highest seq reserved in the database (see room_server.RESERVE_BLOCK)."""
+        """Highest seq reservation an append in Redis was issued under (see seq_recovery)."""
         return f"{self.tag}:reserved"
 
     @property
@@ -50,7 +50,7 @@ class RoomKeys:
 
     @property
     def presence(self) -> str:
-        """Hash ``node\\x1fuser`` -> socket count on that node."""
+        """Hash ``presence_field(node, user)`` -> that user's sockets on that node (> 0)."""
         return f"{self.tag}:presence"
 
     @property
@@ -68,6 +68,11 @@ class RoomKeys:
         """Pub/sub channel: durable events (``E``) and ephemeral ones (``T``/``P``)."""
         return f"{self.tag}:events"
 
+    @property
+    def deleted(self) -> str:
+        """Sorted set: ids of deleted messages, scored by their seq (trimmed with the log)."""
+        return f"{self.tag}:deleted"
+
 
 def node_key(name: str) -> str:
     """String key holding the node's session token, with a TTL: the node's liveness."""
@@ -82,6 +87,22 @@ def node_rooms_key(name: str) -> str:
 def node_presence_key(name: str) -> str:
     """Set of rooms where the node has written presence (cleared when it starts again)."""
     return f"{PREFIX}:{{node:{name}}}:presence"
+
+
+# A presence field is ``node SEP user``: node names never hold the separator (a control
+# character), user names may, so a field splits at its first separator.
+PRESENCE_SEP = "\x1f"
+
+
+def presence_field(node: str, user: str) -> str:
+    """The field of a room's presence hash that holds ``user``'s sockets on ``node``."""
+    return f"{node}{PRESENCE_SEP}{user}"
+
+
+def parse_presence_field(field: str) -> tuple[str, str] | None:
+    """``(node, user)`` of a presence field, or None for a field no node writes."""
+    node, sep, user = field.partition(PRESENCE_SEP)
+    return (node, user) if sep and node else None
 
 
 def node_rpc_channel(name: str) -> str:

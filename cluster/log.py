@@ -1,14 +1,19 @@
-"""The durable room log: a Redis stream per room whose entry ids are the events' seqs."""
+"""The durable room log: a Redis stream per room whose entry ids are the events' seqs.
+
+Seqs are dense (1, 2, 3 ...) except where Redis lost events: a room that recovered from a loss
+(seq_recovery) goes on above everything anyone may have seen, and the seqs in between have no
+event. Readers learn of such holes, and of what was trimmed, from ``LogRange.missing``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
 
 from . import events, scripts
-from .errors import Fenced
+from .errors import ClusterError, Fenced
 from .keys import RoomKeys
 
 READ_BATCH = 500
@@ -23,13 +28,41 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class LogRange:
+    """Kept events of a seq range ``(after, upto]``, oldest first, and the seqs in it that have
+    no event.
+
+    ``missing``: inclusive ``(first, last)`` ranges inside ``(after, upto]`` whose events are
+    gone: trimmed (below ``first_available``) or lost by Redis (a hole inside the kept range, or
+    past the last kept event up to ``last_seq``). ``events`` and ``missing`` together cover
+    ``(after, upto]`` exactly, so a reader that sends ``gap`` with ``first_available = last + 1``
+    for each missing range it passes, and then moves its position to ``upto``, never skips a hole
+    silently and never waits for a seq that will not come.
+    """
+
     events: list[events.Event]
     first_available: int  # lowest seq still kept (last_seq + 1 when the log is empty)
     last_seq: int  # highest seq ever assigned in the room
+    missing: list[tuple[int, int]] = field(default_factory=list)
+    upto: int = 0  # the range read ends here, inclusive (``after`` itself: nothing above it)
 
 
 class RoomClosed(Exception):
     """The room is archived: it takes no new events."""
+
+
+class Unreserved(ClusterError):
+    """The next seq lies above the reservation the append was issued under: the room server
+    must reserve a block covering ``next_seq`` (in the database) and append again.
+
+    Happens when Redis's seq counter was raised past the server's view (a loss recovered by
+    another node's fan-out, say). Never reaches a client: it is the room server's to handle.
+    """
+
+    def __init__(self, slug: str, next_seq: int, reservation: int) -> None:
+        super().__init__(f"room {slug!r}: next seq {next_seq} above reservation {reservation}")
+        self.slug = slug
+        self.next_seq = next_seq
+        self.reservation = reservation
 
 
 class RoomLog:
@@ -39,7 +72,6 @@ class RoomLog:
         self._dedupe_ttl_s = dedupe_ttl_s
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._raise_floor = redis.register_script(scripts.RAISE_SEQ_FLOOR)
-        self._raise_reserved = self._raise_floor  # the same "never lower it" counter raise
 
     async def append(
         self,
@@ -54,16 +86,33 @@ class RoomLog:
         event_id: str = "",
         state_delta: str = "",
         seq_placeholder: str = "",
+        reservation: int | None = None,
     ) -> AppendResult:
-        """Append ``event`` (no seq) as the room's next event; raises Fenced or RoomClosed.
+        """Append ``event`` (no seq) as the room's next event.
+
+        Raises Fenced, RoomClosed, or Unreserved (the next seq is above ``reservation``).
 
         ``state_delta``, if given, goes to the room's state stream in the same atomic step, with
         every ``seq_placeholder`` in it replaced by the seq the event gets.
+
+        ``reservation``: the seq reservation (recorded in the database first) this append is
+        issued under. Redis records it in the same atomic step as the event, so Redis's
+        reservation is never ahead of its log: a Redis that lost a suffix of its writes lost
+        the reservations that came with them too (seq_recovery relies on it). None: unchecked
+        and unrecorded (rooms without a database).
+
+        A ``delete`` event also records its target in the room's deleted set (see ``message``).
         """
         k = RoomKeys(slug)
         dedupe_key = k.dedupe(user, client_id) if client_id else k.dedupe(user, "-")
+        deleted_id, deleted_seq = "", ""
+        if event.get("type") == "delete":
+            target = event_id or str(event.get("id", ""))
+            target_seq = events.seq_of_message_id(target)
+            if target_seq is not None:
+                deleted_id, deleted_seq = target, str(target_seq)
         reply: list[Any] = await self._append(
-            keys=[k.lease, k.seq, k.log, dedupe_key, k.closed, k.state],
+            keys=[k.lease, k.seq, k.log, dedupe_key, k.closed, k.state, k.reserved, k.deleted],
             args=[
                 node,
                 str(epoch),
@@ -76,6 +125,9 @@ class RoomLog:
                 "1" if client_id else "0",
                 state_delta,
                 seq_placeholder,
+                "" if reservation is None else str(reservation),
+                deleted_id,
+                deleted_seq,
             ],
         )
         status = reply[0]
@@ -83,12 +135,45 @@ class RoomLog:
             raise Fenced(slug, reply[1], reply[2])
         if status == "closed":
             raise RoomClosed(slug)
+        if status == "unreserved":
+            raise Unreserved(slug, int(reply[1]), int(reservation or 0))
         return AppendResult(seq=int(reply[1]), id=str(reply[2]), duplicate=status == "dup")
 
-    async def read(self, slug: str, *, after: int, limit: int = READ_BATCH) -> LogRange:
-        """Events with ``seq > after``, oldest first, at most ``limit``."""
+    async def find_applied(self, slug: str, user: str, client_id: str) -> AppendResult | None:
+        """The answer a command (``user``, ``client_id``) got, if it was applied (kept a day):
+        a re-send is acked with it again, before any check that would now refuse it."""
+        prior = await self._redis.get(RoomKeys(slug).dedupe(user, client_id))
+        if not prior:
+            return None
+        seq_text, _, message_id = str(prior).partition(" ")
+        return AppendResult(seq=int(seq_text), id=message_id, duplicate=True)
+
+    async def message(self, slug: str, message_id: str) -> tuple[events.Event | None, bool]:
+        """The ``message`` event that created ``message_id`` (None if it is not kept or is no
+        message id), and whether it was deleted since. Two Redis reads in one round trip,
+        whatever the room's length: never a scan of the log since the message."""
+        seq = events.seq_of_message_id(message_id)
+        if seq is None:
+            return None, False
         k = RoomKeys(slug)
         async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(k.log, min=f"{seq}-0", max=f"{seq}-0", count=1)
+            pipe.zscore(k.deleted, message_id)
+            entries, deleted_score = await pipe.execute()
+        if not entries:
+            return None, False
+        event = events.decode(seq, entries[0][1]["e"])
+        if event.get("type") != "message" or event.get("id") != message_id:
+            return None, False
+        return event, deleted_score is not None
+
+    async def read(self, slug: str, *, after: int, limit: int = READ_BATCH) -> LogRange:
+        """Events with ``seq > after``, oldest first, at most ``limit``; with the holes among
+        them (see LogRange). A full page ends at its last event; a shorter one at last_seq."""
+        k = RoomKeys(slug)
+        # One MULTI: the counter and the entries from the same instant, or an append between
+        # the reads would look like a hole.
+        async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xrange(k.log, min=f"{after + 1}-0", max="+", count=limit)
             pipe.xrange(k.log, min="-", max="+", count=1)
             pipe.get(k.seq)
@@ -98,10 +183,12 @@ class RoomLog:
         if decoded:
             last_seq = max(last_seq, decoded[-1]["seq"])
         first_available = events.seq_of_stream_id(first[0][0]) if first else last_seq + 1
-        return LogRange(decoded, first_available, last_seq)
+        upto = decoded[-1]["seq"] if len(decoded) >= limit else max(after, last_seq)
+        return LogRange(decoded, first_available, last_seq, _holes(after, decoded, upto), upto)
 
     async def read_all(self, slug: str, *, after: int, until: int) -> LogRange:
-        """Every kept event with ``after < seq <= until``, in batches."""
+        """Every kept event with ``after < seq <= until``, in batches, with the holes among them
+        (``upto`` is ``until``, or last_seq if that is lower)."""
         collected: list[events.Event] = []
         cursor = after
         while True:
@@ -109,7 +196,9 @@ class RoomLog:
             wanted = [e for e in page.events if e["seq"] <= until]
             collected.extend(wanted)
             if len(wanted) < len(page.events) or len(page.events) < READ_BATCH:
-                return LogRange(collected, page.first_available, page.last_seq)
+                upto = max(after, min(until, page.last_seq))
+                holes = _holes(after, collected, upto)
+                return LogRange(collected, page.first_available, page.last_seq, holes, upto)
             cursor = page.events[-1]["seq"]
 
     async def read_one(self, slug: str, seq: int) -> events.Event | None:
@@ -130,12 +219,40 @@ class RoomLog:
         from_log = events.seq_of_stream_id(last[0][0]) if last else 0
         return max(int(raw or 0), from_log)
 
+    async def seq_state(self, slug: str) -> tuple[int, int]:
+        """(the highest seq Redis holds for the room, the reservation it holds), read at once."""
+        k = RoomKeys(slug)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(k.seq)
+            pipe.xrevrange(k.log, count=1)
+            pipe.get(k.reserved)
+            raw, last, reserved = await pipe.execute()
+        from_log = events.seq_of_stream_id(last[0][0]) if last else 0
+        return max(int(raw or 0), from_log), int(reserved or 0)
+
     async def reservation(self, slug: str) -> int:
         """The seq reservation Redis has seen for the room (0 if it never saw one)."""
         return int(await self._redis.get(RoomKeys(slug).reserved) or 0)
 
     async def set_reservation(self, slug: str, seq: int) -> None:
-        await self._raise_reserved(keys=[RoomKeys(slug).reserved], args=[str(seq)])
+        """Deprecated no-op, kept until the room server stops calling it: a reservation written
+        apart from an append can land in a Redis that lost the appends before it, and then
+        vouches for a log it does not hold. ``append(..., reservation=R)`` records it now."""
+        del slug, seq
 
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))
+
+
+def _holes(after: int, kept: list[events.Event], upto: int) -> list[tuple[int, int]]:
+    """Inclusive seq ranges in ``(after, upto]`` with no event in ``kept`` (sorted by seq)."""
+    holes: list[tuple[int, int]] = []
+    expected = after + 1
+    for event in kept:
+        seq = int(event["seq"])
+        if seq > expected:
+            holes.append((expected, seq - 1))
+        expected = max(expected, seq + 1)
+    if upto >= expected:
+        holes.append((expected, upto))
+    return holes

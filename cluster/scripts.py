@@ -7,15 +7,21 @@ on one Redis Cluster slot. Scripts are written for Redis 6.2 (the embedded serve
 from __future__ import annotations
 
 # Append one durable event to a room's log, fenced by the owner's epoch.
-# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 dedupe key, 5 closed flag, 6 state stream
+# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 dedupe key, 5 closed flag, 6 state stream,
+#       7 reservation, 8 deleted-messages zset
 # ARGV: 1 node, 2 epoch, 3 seq floor (the new seq must exceed it), 4 MAXLEN (approximate, >=),
 #       5 dedupe TTL seconds, 6 event JSON (no seq), 7 pub/sub channel, 8 event id ("" = "m"..seq),
 #       9 "1" to dedupe by KEYS[4], 10 CRDT delta JSON for the state stream ("" = none),
-#       11 placeholder in ARGV[10] to replace by the seq (a random token absent from the text)
+#       11 placeholder in ARGV[10] to replace by the seq (a random token absent from the text),
+#       12 the seq reservation the event is issued under ("" = none: unchecked, unrecorded),
+#       13 id of the message this event deletes ("" = none), 14 that message's seq
 # Each entry also records its writer (``w`` = node@epoch): an audit trail for fencing.
 # returns: {"ok", seq, id} | {"dup", seq, id} | {"fenced", owner, epoch} | {"closed"}
+#          | {"unreserved", next seq} (above ARGV[12]: reserve more, then append again)
 # Why one script: dedupe, seq assignment, the append and the publish must be one step, or a
-# crash between them leaves a seq without an event or an event nobody was told about.
+# crash between them leaves a seq without an event or an event nobody was told about. The
+# reservation rides along for the same reason: replication and the AOF keep a prefix of these
+# steps, so Redis holds reservation R exactly when it holds an append issued under R.
 APPEND_EVENT = """
 local owner = redis.call('HGET', KEYS[1], 'node')
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -32,22 +38,36 @@ if ARGV[9] == '1' then
     return {'dup', string.sub(prior, 1, sep - 1), string.sub(prior, sep + 1)}
   end
 end
-local seq = redis.call('INCR', KEYS[2])
+local seq = tonumber(redis.call('GET', KEYS[2]) or '0') + 1
 local floor = tonumber(ARGV[3])
-if seq <= floor then
-  seq = floor + 1
-  redis.call('SET', KEYS[2], seq)
+if seq <= floor then seq = floor + 1 end
+local reservation = tonumber(ARGV[12])
+if reservation and seq > reservation then
+  return {'unreserved', tostring(seq)}
 end
+redis.call('SET', KEYS[2], seq)
 local id = ARGV[8]
 if id == '' then id = 'm' .. seq end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0',
            'e', ARGV[6], 'w', ARGV[1] .. '@' .. ARGV[2])
+if reservation and tonumber(redis.call('GET', KEYS[7]) or '0') < reservation then
+  redis.call('SET', KEYS[7], ARGV[12])
+end
 if ARGV[9] == '1' then
   redis.call('SET', KEYS[4], seq .. ' ' .. id, 'EX', ARGV[5])
 end
 if ARGV[10] ~= '' then
   local delta = string.gsub(ARGV[10], ARGV[11], tostring(seq))
   redis.call('XADD', KEYS[6], '*', 'd', delta, 's', seq)
+end
+if ARGV[13] ~= '' then
+  redis.call('ZADD', KEYS[8], ARGV[14], ARGV[13])
+  -- Forget deletes of messages the log no longer keeps (they cannot be found anyway).
+  local first = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+  if first[1] then
+    local kept = tonumber(string.match(first[1][1], '^(%d+)'))
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. kept)
+  end
 end
 redis.call('PUBLISH', ARGV[7], 'E' .. seq .. ' ' .. ARGV[6])
 return {'ok', tostring(seq), id}

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from cluster import keys, scripts
 from cluster.errors import Fenced
 from cluster.keys import RoomKeys
-from cluster.log import RoomClosed, RoomLog
+from cluster.log import AppendResult, RoomClosed, RoomLog, Unreserved
 from cluster.registry import LeaseTaken, RoomRegistry
 
 pytestmark = pytest.mark.asyncio
@@ -171,3 +171,158 @@ async def test_heartbeat_renew_after_loss_reports_lost(redis: Redis) -> None:
     await beat(keys=[key], args=["s2", "1000", "register"])  # a new incarnation
     assert (await beat(keys=[key], args=["s1", "1000", "renew"]))[0] == "lost"
     assert 0 < await redis.pttl(key) <= 1000
+
+
+async def append_as(
+    log: RoomLog, lease_epoch: int, body: str, *, reservation: int | None = None, **extra: object
+) -> AppendResult:
+    return await log.append(
+        "r", node="n1", epoch=lease_epoch, seq_floor=0, event=message(body),
+        user="u", client_id=f"c-{body}", reservation=reservation, **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+async def test_the_reservation_is_written_with_the_append_and_never_lowered(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=100, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    assert await log.seq_state("r") == (0, 0)
+    await append_as(log, lease.epoch, "a", reservation=100)
+    assert await log.seq_state("r") == (1, 100)
+    await append_as(log, lease.epoch, "b", reservation=50)  # an older block: never lowers
+    assert await log.seq_state("r") == (2, 100)
+    await append_as(log, lease.epoch, "c")  # unreserved append (no database): leaves it
+    assert await log.seq_state("r") == (3, 100)
+    # The old separate write is gone: a reservation never lands apart from its append.
+    await log.set_reservation("r", 500)
+    assert await log.reservation("r") == 100
+
+
+async def test_an_append_above_its_reservation_is_refused_and_writes_nothing(
+    redis: Redis,
+) -> None:
+    log = RoomLog(redis, history_limit=100, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    await append_as(log, lease.epoch, "a", reservation=2)
+    await append_as(log, lease.epoch, "b", reservation=2)
+    with pytest.raises(Unreserved) as refused:
+        await append_as(log, lease.epoch, "c", reservation=2)
+    assert refused.value.next_seq == 3
+    await log.raise_seq_floor("r", 40)  # a recovery elsewhere moved the counter on
+    with pytest.raises(Unreserved) as refused:
+        await append_as(log, lease.epoch, "c", reservation=12)
+    assert refused.value.next_seq == 41
+    assert await redis.xlen(RoomKeys("r").log) == 2
+    assert await log.seq_state("r") == (40, 2)
+    assert await log.find_applied("r", "u", "c-c") is None  # not applied: no dedupe entry
+    done = await append_as(log, lease.epoch, "c", reservation=140)
+    assert done.seq == 41 and await log.seq_state("r") == (41, 140)
+
+
+async def test_a_refused_reservation_never_hides_a_duplicate(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=100, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    first = await append_as(log, lease.epoch, "a", reservation=1)
+    again = await append_as(log, lease.epoch, "a", reservation=1)  # re-send: its old answer
+    assert (again.seq, again.duplicate) == (first.seq, True)
+
+
+async def test_find_applied_answers_a_re_send_with_its_first_ack(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=100, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    assert await log.find_applied("r", "u", "c-a") is None
+    first = await append_as(log, lease.epoch, "a")
+    found = await log.find_applied("r", "u", "c-a")
+    assert found == AppendResult(seq=first.seq, id=first.id, duplicate=True)
+    assert await log.find_applied("r", "v", "c-a") is None  # another principal's command
+    edit = await log.append(
+        "r", node="n1", epoch=lease.epoch, seq_floor=0, user="u", client_id="e1",
+        event={"type": "edit", "room": "r", "id": "m1", "user": "u", "body": "x", "ts": 1},
+        event_id="m1",
+    )  # fmt: skip
+    assert await log.find_applied("r", "u", "e1") == AppendResult(edit.seq, "m1", True)
+
+
+async def test_message_and_whether_it_was_deleted_in_one_round_trip(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=10_000, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    for i in range(3):
+        await append_as(log, lease.epoch, f"b{i}")
+    edit = {"type": "edit", "room": "r", "id": "m2", "user": "u", "body": "new", "ts": 2}
+    await log.append(
+        "r", node="n1", epoch=lease.epoch, seq_floor=0, event=edit, user="u",
+        client_id="e", event_id="m2",
+    )  # fmt: skip
+    delete = {"type": "delete", "room": "r", "id": "m1", "user": "u", "ts": 3}
+    await log.append(
+        "r", node="n1", epoch=lease.epoch, seq_floor=0, event=delete, user="u",
+        client_id="d", event_id="m1",
+    )  # fmt: skip
+    original, deleted = await log.message("r", "m1")
+    assert original is not None and original["body"] == "b0" and deleted
+    original, deleted = await log.message("r", "m2")
+    assert original is not None and original["body"] == "b1" and not deleted
+    assert await log.message("r", "m4") == (None, False)  # seq 4 is the edit, not a message
+    for unknown in ("m99", "m0", "m²", "x1", "m" + "9" * 19, ""):
+        assert await log.message("r", unknown) == (None, False)
+    # O(1): the answer costs the same Redis calls however long the log has grown since.
+    before = int((await redis.info("stats"))["total_commands_processed"])
+    await log.message("r", "m1")
+    after = int((await redis.info("stats"))["total_commands_processed"])
+    assert after - before <= 3  # XRANGE, ZSCORE (+ the INFO itself)
+
+
+async def test_deleted_set_forgets_messages_trimmed_from_the_log(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=100, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    delete = {"type": "delete", "room": "r", "id": "m1", "user": "u", "ts": 3}
+    await append_as(log, lease.epoch, "first")
+    await log.append(
+        "r", node="n1", epoch=lease.epoch, seq_floor=0, event=delete, user="u",
+        client_id="d1", event_id="m1",
+    )  # fmt: skip
+    assert await redis.zscore(RoomKeys("r").deleted, "m1") == 1
+    for i in range(400):
+        await append_as(log, lease.epoch, f"x{i}")
+    last = await log.last_seq("r")
+    await log.append(
+        "r", node="n1", epoch=lease.epoch, seq_floor=0, user="u", client_id="d2",
+        event={**delete, "id": f"m{last}"}, event_id=f"m{last}",
+    )  # fmt: skip
+    assert await redis.zrange(RoomKeys("r").deleted, 0, -1) == [f"m{last}"]
+
+
+async def test_read_reports_holes_inside_the_kept_range(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=1000, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    for i in range(5):
+        await append_as(log, lease.epoch, f"a{i}")
+    await log.raise_seq_floor("r", 200)  # recovery after a loss: 6..200 are gone
+    for i in range(3):
+        await append_as(log, lease.epoch, f"b{i}")
+    page = await log.read("r", after=2)
+    assert [e["seq"] for e in page.events] == [3, 4, 5, 201, 202, 203]
+    assert page.missing == [(6, 200)] and page.upto == 203 and page.first_available == 1
+    page = await log.read("r", after=100)
+    assert [e["seq"] for e in page.events] == [201, 202, 203] and page.missing == [(101, 200)]
+    page = await log.read("r", after=2, limit=2)  # a full page ends at its last event
+    assert page.missing == [] and page.upto == 4
+    whole = await log.read_all("r", after=0, until=201)
+    assert whole.missing == [(6, 200)] and whole.upto == 201
+    assert [e["seq"] for e in whole.events] == [1, 2, 3, 4, 5, 201]
+
+
+async def test_read_reports_a_lost_tail_and_a_trimmed_head(redis: Redis) -> None:
+    log = RoomLog(redis, history_limit=1000, dedupe_ttl_s=60)
+    lease = await RoomRegistry(redis, "n1").claim("r")
+    for i in range(5):
+        await append_as(log, lease.epoch, f"a{i}")
+    await log.raise_seq_floor("r", 9)  # recovered, nothing appended since
+    page = await log.read("r", after=3)
+    assert [e["seq"] for e in page.events] == [4, 5]
+    assert page.missing == [(6, 9)] and page.upto == 9
+    await redis.xtrim(RoomKeys("r").log, minid="3-0", approximate=False)
+    page = await log.read("r", after=0)
+    assert page.first_available == 3 and page.missing == [(1, 2), (6, 9)]
+    empty = await log.read("r", after=9)
+    assert empty.events == [] and empty.missing == [] and empty.upto == 9
+    assert (await log.read_all("r", after=9, until=50)).upto == 9
