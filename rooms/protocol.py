@@ -97,9 +97,12 @@ def parse_seq(name: str, raw: str) -> int:
     """A seq from a query string: ASCII digits only ("²" and "١" pass ``str.isdigit``, "-0",
     " 3" and "1_0" pass ``int()``), at most ``MAX_SEQ`` (more is no seq: Redis refuses the
     stream id, and ``int()`` refuses 4,300 digits)."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > len(str(MAX_SEQ)):
+    if not (raw.isascii() and raw.isdigit()):
         raise CommandError("bad_request", f"{name}={_shown(raw)} must be a whole number >= 0")
-    value = int(raw)
+    significant = raw.lstrip("0")
+    if len(significant) > len(str(MAX_SEQ)):
+        raise CommandError("bad_request", f"{name}={_shown(raw)} is above the largest seq")
+    value = int(significant or "0")
     if value > MAX_SEQ:
         raise CommandError("bad_request", f"{name}={value} is above the largest seq ({MAX_SEQ})")
     return value

@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 
 from cluster.errors import CommandError
+from cluster.log import LogRange
 from cluster.registry import Lease
 from cluster.runtime import ClusterRuntime
 
@@ -100,12 +101,11 @@ async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
         after, before, limit = _page_params(request)
     except CommandError as exc:
         return _error(400, exc.code, exc.detail)
-    if before is not None:
-        # Seqs have no gaps (guarantee 1): the ``limit`` events just below ``before`` are the
-        # seqs above ``before - 1 - limit`` (none when ``before`` <= ``after`` + 1).
-        after = max(after, before - 1 - limit)
     try:
-        page = await runtime.events(slug, after=after, limit=limit)
+        if before is None:
+            page = await runtime.events(slug, after=after, limit=limit)
+        else:
+            after, page = await _page_before(runtime, slug, after, before, limit)
     except Exception:  # Redis unreachable or failing over: the client retries
         logger.warning("events of %s: the log could not be read", slug, exc_info=True)
         return _error(503, "unavailable", "the room's log cannot be read now; try again")
@@ -114,6 +114,20 @@ async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
     if page.first_available > after + 1:
         body["first_available"] = page.first_available
     return JsonResponse(body)
+
+
+async def _page_before(
+    runtime: ClusterRuntime, slug: str, after: int, before: int, limit: int
+) -> tuple[int, LogRange]:
+    """The ``limit`` events just below ``before`` (and above ``after``). Seqs have no gaps
+    (guarantee 1), so they are the seqs above ``before - 1 - limit``; a ``before`` past the end
+    means the newest events, which takes a second read once the end is known."""
+    low = max(after, before - 1 - limit)
+    page = await runtime.events(slug, after=low, limit=limit)
+    if before > page.last_seq + 1 and low > max(after, page.last_seq - limit):
+        low = max(after, page.last_seq - limit)
+        page = await runtime.events(slug, after=low, limit=limit)
+    return low, page
 
 
 def _page_params(request: HttpRequest) -> tuple[int, int | None, int]:
