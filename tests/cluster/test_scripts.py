@@ -192,9 +192,6 @@ async def test_the_reservation_is_written_with_the_append_and_never_lowered(redi
     assert await log.seq_state("r") == (2, 100)
     await append_as(log, lease.epoch, "c")  # unreserved append (no database): leaves it
     assert await log.seq_state("r") == (3, 100)
-    # The old separate write is gone: a reservation never lands apart from its append.
-    await log.set_reservation("r", 500)
-    assert await log.reservation("r") == 100
 
 
 async def test_an_append_above_its_reservation_is_refused_and_writes_nothing(
