@@ -13,6 +13,7 @@ from tests.chaos.checker import Report, Rules, check
 from tests.chaos.recorder import Journal, RecordedClient, Workload, now
 from tests.chaos.world import World
 
+LOSS_WINDOW_S = 5.0  # see Rules.loss_window_s
 PRESENCE_SLACK_S = 3.0  # on top of the contract's lease + 2 s, for a busy 2-core machine
 
 
@@ -88,6 +89,7 @@ class Run:
         rules = Rules(
             answer_budget_s=world.settings.answer_budget_s,
             loss_at=list(world.loss_at),
+            loss_window_s=LOSS_WINDOW_S,
             excuses=list(world.excuses),
         )
         report = check(self.journal.records, logs, rules)

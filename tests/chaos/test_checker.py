@@ -174,6 +174,9 @@ def test_an_acked_event_missing_from_the_log_is_lost() -> None:
     allowed = run(story, log[:1], require_caught_up=False, loss_at=[story.t])
     assert allowed.counts["acked_lost_allowed"] == 1
     assert "acked seq 2 is not in the log" not in what(allowed)
+    # ... unless it was acked longer ago than the archive may lag behind.
+    later = run(story, log[:1], require_caught_up=False, loss_at=[story.t + 10], loss_window_s=5)
+    assert "acked seq 2 is not in the log" in what(later)
 
 
 def test_a_reused_seq_is_caught_through_the_ack() -> None:
