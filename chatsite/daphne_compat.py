@@ -1,16 +1,64 @@
-"""Let daphne send the close codes the protocol needs.
+"""What this project needs from daphne that daphne does not offer: ``patch_daphne()`` installs it.
 
-Autobahn's ``sendClose`` accepts only 1000 and 3000-4999, but RFC 6455 registers 1011 (internal
-error) and 1012 (service restart) for servers to send, and CONTRACT.md promises both. We send
-the close frame through autobahn's lower-level ``sendCloseFrame``, which is what ``sendClose``
-calls after its check.
+1. Close codes. Autobahn's ``sendClose`` accepts only 1000 and 3000-4999, but RFC 6455 registers
+   1011 (internal error), 1012 (service restart) and 1013 (try again later) for servers to send,
+   and CONTRACT.md promises them. We send the close frame through autobahn's lower-level
+   ``sendCloseFrame``, which is what ``sendClose`` calls after its check.
+2. The transport's backlog. daphne writes every frame into Twisted's transport at once and
+   Twisted buffers whatever the client does not read, without bound. A consumer that wants to
+   bound a socket's memory must see that buffer: each WebSocket scope gets a ``TransportProbe``
+   under ``scope["extensions"][TRANSPORT_EXTENSION]`` whose ``buffered()`` is the number of
+   bytes written for the socket and not yet taken by the kernel.
+3. A socket closed with 1013 (it stopped reading) keeps its connection for ``SLOW_CLOSE_WAIT_S``
+   after the close frame, not autobahn's default second: the close frame waits behind what the
+   client has not read, and a client that reads again should get both, then resume.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
+TRANSPORT_EXTENSION = "chat.transport"
+SLOW_CLOSE_WAIT_S = 10.0  # bounded: at most the socket's buffer budget is held meanwhile
+
+
+class TransportProbe:
+    """Bytes queued in the server for one WebSocket: autobahn's send queue plus Twisted's
+    write buffers (every layer: TLS wraps a TCP transport)."""
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
+
+    def buffered(self) -> int:
+        protocol = self._protocol()
+        if protocol is None:
+            return 0
+        total = 0
+        queue = getattr(protocol, "send_queue", None)  # autobahn's chopped or sync writes
+        if queue:
+            total += sum(len(item[0]) for item in queue)
+        transport = getattr(protocol, "transport", None)
+        for _ in range(4):  # protocol -> TLS -> TCP, and no further
+            if transport is None:
+                break
+            total += _fd_buffered(transport)
+            transport = getattr(transport, "transport", None)
+        return total
+
+
+def _fd_buffered(transport: Any) -> int:
+    # twisted.internet.abstract.FileDescriptor: ``dataBuffer[offset:]`` is being written, and
+    # ``_tempDataBuffer`` (``_tempDataLen`` bytes) waits to be joined onto it.
+    data = getattr(transport, "dataBuffer", b"")
+    pending = len(data) - int(getattr(transport, "offset", 0) or 0)
+    return max(0, pending) + int(getattr(transport, "_tempDataLen", 0) or 0)
+
+
+def patch_daphne() -> None:
+    allow_server_close_codes()
+    expose_transport()
 
 
 def allow_server_close_codes() -> None:
@@ -22,9 +70,29 @@ def allow_server_close_codes() -> None:
 
     def server_close(self: Any, code: int | None = None) -> None:
         if code in SERVER_CODES:
+            if code == 1013:
+                self.closeHandshakeTimeout = SLOW_CLOSE_WAIT_S
             self.sendCloseFrame(code=code, isReply=False)
         else:
             original(self, code)
 
     WebSocketProtocol.serverClose = server_close
     WebSocketProtocol._chat_close_codes = True
+
+
+def expose_transport() -> None:
+    from daphne.server import Server
+
+    if getattr(Server, "_chat_transport_probe", False):
+        return
+    original = Server.create_application
+
+    def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
+        if scope.get("type") == "websocket":
+            extensions = dict(scope.get("extensions") or {})
+            extensions[TRANSPORT_EXTENSION] = TransportProbe(protocol)
+            scope["extensions"] = extensions
+        return original(self, protocol, scope)
+
+    Server.create_application = create_application
+    Server._chat_transport_probe = True

@@ -26,6 +26,9 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_RATE_LIMIT": "N/S: at most N commands per S seconds per user per room",
     "CHAT_SEND_TIMEOUT_MS": "how long a node retries a command while its room changes owner",
     "CHAT_ROOM_IDLE_S": "idle rooms are passivated after this long",
+    "CHAT_SOCKET_BUFFER_BYTES": "unsent bytes one socket may hold before it is closed with 1013",
+    "CHAT_MAX_SOCKETS_PER_USER": "sockets one principal may hold on a node; more get 4429",
+    "CHAT_MAX_SOCKETS_PER_ADDRESS": "sockets one client address may hold on a node; more get 4429",
     "CHAT_DATA_DIR": "where the embedded Redis and SQLite keep their files",
     "CHAT_LOG_LEVEL": "log level of the chat loggers",
     "DJANGO_SECRET_KEY": "secret key; production must set it",
@@ -92,6 +95,9 @@ CHAT_HISTORY_LIMIT = _env_int("CHAT_HISTORY_LIMIT", 10000, minimum=100)
 CHAT_RATE_LIMIT = parse_rate_limit(_env("CHAT_RATE_LIMIT", "20/10"))
 CHAT_SEND_TIMEOUT_MS = _env_int("CHAT_SEND_TIMEOUT_MS", 5000, minimum=100)
 CHAT_ROOM_IDLE_S = _env_int("CHAT_ROOM_IDLE_S", 300)
+CHAT_SOCKET_BUFFER_BYTES = _env_int("CHAT_SOCKET_BUFFER_BYTES", 1048576, minimum=65536)
+CHAT_MAX_SOCKETS_PER_USER = _env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
+CHAT_MAX_SOCKETS_PER_ADDRESS = _env_int("CHAT_MAX_SOCKETS_PER_ADDRESS", 200)
 CHAT_LOG_LEVEL = _env("CHAT_LOG_LEVEL", "INFO").upper()
 CHAT_MAX_BODY = 4000
 

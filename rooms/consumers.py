@@ -1,22 +1,31 @@
 """The room socket: translates frames to runtime calls and runtime answers to frames.
 
-It owns no room state. Durable events reach it through the node's fan-out (``deliver``), go
-through one outbox, and leave in seq order; a hole (a slow socket whose outbox overflowed, a
-resume point) is filled from the room log, so a client never sees a gap or a duplicate.
+It owns no room state. Durable events reach it through the node's fan-out (``deliver``), wait in
+one bounded outbox, and leave in seq order through one writer, the send loop. Whatever the
+outbox cannot hold is not lost: the socket remembers the highest seq it has heard of and the
+send loop reads what it skipped from the room log, page by page, never faster than the client
+reads (guarantee 10). A seq the log no longer has becomes a ``gap`` frame, never a silent skip.
+
+Lifecycle: ``connect`` admits the socket (``_admit`` raises ``Refuse`` for every refusal,
+caught in one place) and starts the send loop; every way out (refusal, error, client gone, a
+close asked by the fan-out with ``request_close``) releases what admission took: the fan-out
+attachment and the socket's slot in the per-node caps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from cluster.commands import Command
 from cluster.errors import CommandError
@@ -24,78 +33,159 @@ from cluster.runtime import ClusterRuntime
 
 from . import selectors
 from .identity import IdentityRefused, identify
+from .outbox import Frame, Outbox, encode
 from .protocol import error_frame, parse_after, parse_client_frame
 from .runtime import current_runtime
+from .socket_budget import SendBudget, SocketStalled
+from .socket_caps import SOCKETS, Slot, client_address
 
 logger = logging.getLogger("rooms.consumers")
 
 CLOSE_NOT_FOUND = 4404
 CLOSE_FORBIDDEN = 4403
+CLOSE_TOO_MANY = 4429
 CLOSE_DRAINING = 1012
 CLOSE_INTERNAL = 1011
-OUTBOX_LIMIT = 2000  # frames queued for one socket before live events are dropped (and refilled)
+CLOSE_TOO_SLOW = 1013
+OUTBOX_FRAMES = 2000  # frames queued for one socket (its bytes are bounded by the budget too)
+PAGE_EVENTS = 200  # a replay page at most; fewer when events are large (a quarter budget)
+MIN_PAGE_EVENTS = 16
+READ_ATTEMPTS = 5  # a log read that fails this often in a row closes the socket with 1011
+READ_BACKOFF_S = 0.1  # doubled after each failure: 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s in all
 TYPING_INTERVAL_S = 1.0
+
+
+class Refuse(Exception):
+    """The socket may not stay: close it with ``code`` (after ``frame``, if any)."""
+
+    def __init__(self, code: int, reason: str = "", frame: Frame | None = None) -> None:
+        super().__init__(f"{code} {reason}".strip())
+        self.code = code
+        self.frame = frame
+
+
+def _running(runtime: ClusterRuntime | None) -> bool:
+    if runtime is None:
+        return False
+    state = runtime.state
+    return str(getattr(state, "value", state)) == "running"
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
     user = ""
     slug = ""
+    is_staff = False
     runtime: ClusterRuntime | None = None
     attached = False
-    closing = False
+    closing = False  # a close frame went (or the socket is gone): nothing more is written
+    close_code: int | None = None  # a close was asked for; the send loop carries it out
+    phase = "new"  # new -> admitting -> open -> closed
+    sender: asyncio.Task[None] | None = None
+    closer: asyncio.Task[None] | None = None
+    slot: Slot | None = None
 
     async def connect(self) -> None:
         # Accept first, then refuse with a close code: a browser sees codes only after accept.
         await self.accept()
-        self.slug = self.scope["url_route"]["kwargs"]["slug"]
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.sent_seq = 0
-        self.last_typing = 0.0
-        self.sender: asyncio.Task[None] | None = None
-        runtime = current_runtime()
-        if runtime is None or runtime.state != "running":
-            await self.close(code=CLOSE_DRAINING)
+        self.phase = "admitting"
+        try:
+            await self._admit()
+        except Refuse as refused:
+            await self._release()
+            if refused.frame is not None:
+                await self._write(refused.frame)
+            await self._close_with(refused.code)
             return
+        except Exception:
+            logger.exception("admitting a socket to %s failed", self.slug)
+            await self._release()
+            await self._close_with(CLOSE_INTERNAL)
+            return
+        if self.close_code is not None:  # asked while we were admitting (a drain)
+            await self._close_with(self.close_code)
+            return
+        self.phase = "open"
+        self.sender = asyncio.get_running_loop().create_task(self._send_loop())
+
+    async def _admit(self) -> None:
+        self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.outbox = Outbox(max_frames=OUTBOX_FRAMES, max_bytes=0)
+        self.wake = asyncio.Event()
+        self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
+        self.known_seq = 0  # the highest seq this socket has heard of
+        self.behind = False  # durable events were skipped: the send loop reads them from the log
+        self.presence: set[str] = set()
+        self.presence_stale = False  # a presence_diff was dropped: send a fresh presence_state
+        self.last_typing = 0.0
+        self.page_events = PAGE_EVENTS
+        budget = SendBudget.for_scope(self.scope, settings.CHAT_SOCKET_BUFFER_BYTES)
+        self.budget = budget
+        self.outbox.max_bytes = budget.quarter
+        runtime = current_runtime()
+        if runtime is None or not _running(runtime):
+            raise Refuse(CLOSE_DRAINING, "node not running")
         self.runtime = runtime
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         room = await selectors.room_aget(self.slug)
         if room is None:
-            await self.close(code=CLOSE_NOT_FOUND)
-            return
+            raise Refuse(CLOSE_NOT_FOUND, "no such room")
         if room.archived:
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
+            raise Refuse(CLOSE_FORBIDDEN, "room archived")
         try:
             identity = await identify(self.scope.get("user"), query.get("name", [None])[0])
         except IdentityRefused as refused:
-            await self.send_json(error_frame("forbidden", str(refused)))
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
+            frame = error_frame("forbidden", str(refused))
+            raise Refuse(CLOSE_FORBIDDEN, str(refused), frame) from None
         self.user, self.is_staff = identity.name, identity.is_staff
+        self.slot = SOCKETS.acquire(
+            self.user,
+            client_address(self.scope),
+            max_per_principal=settings.CHAT_MAX_SOCKETS_PER_USER,
+            max_per_address=settings.CHAT_MAX_SOCKETS_PER_ADDRESS,
+        )
+        if self.slot is None:
+            raise Refuse(CLOSE_TOO_MANY, "too many sockets for this user or address")
         try:
             after = parse_after(query.get("after", [None])[0])
         except CommandError as exc:
-            await self.send_json(error_frame(exc.code, exc.detail))
+            await self._write(error_frame(exc.code, exc.detail))
             after = None
-        try:
-            attachment = await runtime.attach(self.slug, self)
-        except Exception:
-            logger.exception("attach to %s failed", self.slug)
-            await self.close(code=CLOSE_INTERNAL)
-            return
+        attachment = await runtime.attach(self.slug, self)
         self.attached = True
+        # From here on a failure still detaches: connect's handlers call _release.
         last_seq = attachment.last_seq
-        hello = {"type": "hello", "room": self.slug, "node": runtime.node, "user": self.user}
-        await self.send_json({**hello, "last_seq": last_seq})
-        await self.send_json({"type": "presence_state", "users": attachment.users})
-        self.sent_seq = last_seq if after is None else min(after, last_seq)
-        if self.sent_seq < last_seq:
-            await self._fill(until=last_seq)
-        self.sender = asyncio.get_running_loop().create_task(self._send_loop())
+        self.presence = set(attachment.users)
+        await self._greet(last_seq, attachment.users)
+        if after is None:
+            self.sent_seq = last_seq
+        else:
+            # A client ahead of this node (it came from a node further on) has everything up
+            # to ``after``: events up to there are skipped, never sent twice.
+            self.sent_seq = after
+        self.known_seq = max(self.known_seq, last_seq, self.sent_seq)
+        self.behind = self.known_seq > self.sent_seq  # the replay: the send loop pages it in
+
+    async def _greet(self, last_seq: int, users: list[str]) -> None:
+        assert self.runtime is not None
+        hello = {"type": "hello", "room": self.slug, "node": self.runtime.node, "user": self.user}
+        await self._write({**hello, "last_seq": last_seq})
+        await self._write({"type": "presence_state", "users": users})
 
     async def disconnect(self, code: int) -> None:
-        if self.sender is not None:
-            self.sender.cancel()
+        self.closing = True
+        self.phase = "closed"
+        for task in (self.sender, self.closer):
+            if task is not None and task is not asyncio.current_task() and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        await self._release()
+
+    async def _release(self) -> None:
+        """Give back what admission took; safe to call more than once."""
+        if self.slot is not None:
+            SOCKETS.release(self.slot)
+            self.slot = None
         if self.attached and self.runtime is not None:
             self.attached = False
             try:
@@ -103,45 +193,188 @@ class RoomConsumer(AsyncWebsocketConsumer):
             except Exception:
                 logger.warning("detach from %s failed; presence heals on node expiry", self.slug)
 
-    # -- from the fan-out ------------------------------------------------------------------
+    # -- from the fan-out (must not block) -------------------------------------------------
 
-    def deliver(self, frame: dict[str, Any]) -> None:
-        if self.outbox.qsize() >= OUTBOX_LIMIT and frame.get("type") != "_close":
-            return  # durable events dropped here come back from the log as a gap fill
-        self.outbox.put_nowait(frame)
+    def deliver(self, frame: Frame) -> None:
+        if self.closing or self.close_code is not None:
+            return  # the client resumes with after= and gets it then
+        kind = frame.get("type")
+        if kind == "_close":  # the old in-band close, until every caller uses request_close
+            self.request_close(int(frame["code"]))
+            return
+        if "seq" in frame:
+            seq = int(frame["seq"])
+            if seq <= self.known_seq:
+                return  # already sent, or already to be read from the log
+            if self.behind or not self.outbox.offer(frame):
+                self.behind = True  # the send loop reads it from the log, even if nothing follows
+            self.known_seq = seq
+        elif kind == "presence_diff":
+            self.presence.difference_update(frame.get("leaves", ()))
+            self.presence.update(frame.get("joins", ()))
+            if self.presence_stale or not self.outbox.offer(frame):
+                self.presence_stale = True  # replaced by a presence_state from self.presence
+        elif not self.outbox.offer(frame):
+            return  # typing: ephemeral, dropped when the socket is behind
+        self.wake.set()
+
+    def request_close(self, code: int) -> None:
+        """Close the socket with ``code`` soon (the fan-out's drain asks for 1012)."""
+        if self.closing or self.close_code is not None:
+            return
+        self.close_code = code
+        if self.phase == "open" and self.sender is not None and not self.sender.done():
+            self.wake.set()
+        elif self.phase == "open":
+            self.closer = asyncio.get_running_loop().create_task(self._close_with(code))
+        # "admitting": connect closes it when admission ends.
+
+    # -- the one writer ----------------------------------------------------------------------
 
     async def _send_loop(self) -> None:
-        while True:
-            frame = await self.outbox.get()
-            kind = frame.get("type")
-            if kind == "_close":
-                self.closing = True
-                await self.close(code=int(frame["code"]))
+        try:
+            while not self.closing:
+                if self.close_code is not None:
+                    await self._flush_then_close(self.close_code)
+                    return
+                item = self.outbox.pop()
+                if item is not None:
+                    await self._send_queued(*item)
+                elif self.presence_stale:
+                    await self._send_presence_state()
+                elif self.known_seq > self.sent_seq:
+                    await self._fill(until=self.known_seq)
+                else:
+                    self.behind = False
+                    self.wake.clear()
+                    await self.wake.wait()
+        except asyncio.CancelledError:
+            raise
+        except SocketStalled as stalled:
+            logger.info(
+                "socket of %s in %s stalled with %d bytes unread; closing with 1013",
+                self.user, self.slug, stalled.buffered,
+            )  # fmt: skip
+            self.outbox.clear()
+            await self._close_with(CLOSE_TOO_SLOW)
+        except Exception:
+            logger.exception("sending to a socket in %s failed; closing with 1011", self.slug)
+            self.outbox.clear()
+            await self._close_with(CLOSE_INTERNAL)
+
+    def _stopping(self) -> bool:
+        return self.closing or self.close_code is not None
+
+    async def _send_queued(self, frame: Frame, text: str, size: int) -> None:
+        if "seq" in frame:
+            seq = int(frame["seq"])
+            if seq <= self.sent_seq:
                 return
-            if "seq" in frame:
-                seq = int(frame["seq"])
-                if seq <= self.sent_seq:
-                    continue
-                if seq > self.sent_seq + 1:
-                    await self._fill(until=seq - 1)
+            if seq > self.sent_seq + 1:
+                await self._fill(until=seq - 1)
+                if seq <= self.sent_seq or self._stopping():
+                    return
+            if await self._send_text(text, size):
                 self.sent_seq = seq
-            await self.send_json(frame)
+            return
+        await self._send_text(text, size)
+
+    async def _send_text(self, text: str, size: int) -> bool:
+        """Write one encoded frame once the budget has room; False if the socket is closing."""
+        if not await self.budget.wait_for_room(size, give_up=self._stopping):
+            return False
+        await self._send_raw(text)
+        return not self.closing
+
+    async def _send_presence_state(self) -> None:
+        self.presence_stale = False
+        frame = {"type": "presence_state", "users": sorted(self.presence)}
+        await self._send_text(*encode(frame))
 
     async def _fill(self, *, until: int) -> None:
+        """Send the kept events in ``(sent_seq, until]`` from the log, a page at a time and no
+        faster than the client reads; a seq with no event gives the client a ``gap``."""
+        while self.sent_seq < until and not self._stopping():
+            if self.presence_stale:
+                await self._send_presence_state()
+            limit = self.page_events
+            page = await self._read_page(after=self.sent_seq, limit=limit)
+            pending = deque(page.events)
+            count = len(pending)
+            del page  # sent events are freed as they go: a page costs at most its unsent rest
+            page_bytes = 0
+            while pending:
+                event = pending.popleft()
+                seq = int(event["seq"])
+                if seq <= self.sent_seq:
+                    continue
+                if seq > self.sent_seq + 1:  # trimmed, or lost by Redis: say so
+                    if not await self._send_text(*encode({"type": "gap", "first_available": seq})):
+                        return
+                text, size = encode(event)
+                page_bytes += size
+                if not await self._send_text(text, size):
+                    return
+                self.sent_seq = seq
+            if count < limit:
+                # The end of the log. Seqs up to ``until`` were assigned, so events missing
+                # below it are gone (Redis lost them): the next seq that can exist is until + 1.
+                if self.sent_seq < until:
+                    gap = {"type": "gap", "first_available": until + 1}
+                    if not await self._send_text(*encode(gap)):
+                        return
+                    self.sent_seq = until
+                break
+            average = max(1, page_bytes // count)
+            self.page_events = max(
+                MIN_PAGE_EVENTS, min(PAGE_EVENTS, self.budget.quarter // average)
+            )
+        self.known_seq = max(self.known_seq, self.sent_seq)
+
+    async def _read_page(self, *, after: int, limit: int) -> Any:
+        """One page of the log; a Redis error is retried with backoff, then raised."""
         assert self.runtime is not None
-        kept = await self.runtime.replay(self.slug, after=self.sent_seq, until=until)
-        if kept.first_available > self.sent_seq + 1:
-            await self.send_json({"type": "gap", "first_available": kept.first_available})
-        for event in kept.events:
-            if event["seq"] > self.sent_seq:
-                await self.send_json(event)
-                self.sent_seq = event["seq"]
-        self.sent_seq = max(self.sent_seq, until)
+        delay = READ_BACKOFF_S
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                return await self.runtime.events(self.slug, after=after, limit=limit)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if attempt == READ_ATTEMPTS or self._stopping():
+                    raise
+                logger.warning(
+                    "reading %s after %d failed (%s); retry %d", self.slug, after, exc, attempt
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    async def _flush_then_close(self, code: int) -> None:
+        """Frames already queued go first if they fit without waiting; then the close."""
+        while (item := self.outbox.pop()) is not None:
+            frame, text, size = item
+            if "seq" in frame and int(frame["seq"]) != self.sent_seq + 1:
+                break  # a hole before it: the client reads it on resume instead
+            if not self.budget.fits(size):
+                break
+            await self._send_raw(text)
+            if "seq" in frame:
+                self.sent_seq = int(frame["seq"])
+        self.outbox.clear()
+        await self._close_with(code)
+
+    async def _close_with(self, code: int) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        with contextlib.suppress(Disconnected):
+            await self.close(code=code)
 
     # -- from the client -------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.runtime is None or not self.attached:
+        if self.runtime is None or not self.attached or self._stopping():
             return
         client_id: str | None = None
         try:
@@ -163,13 +396,23 @@ class RoomConsumer(AsyncWebsocketConsumer):
             )
             ack = await self.runtime.submit(self.slug, command)
         except CommandError as exc:
-            await self.send_json(error_frame(exc.code, exc.detail, client_id))
+            await self._reply(error_frame(exc.code, exc.detail, client_id))
             return
         except Exception:
             logger.exception("command in %s failed", self.slug)
-            await self.send_json(error_frame("unavailable", "try again", client_id))
+            await self._reply(error_frame("unavailable", "try again", client_id))
             return
-        await self.send_json({"type": "ack", "client_id": client_id, "seq": ack.seq, "id": ack.id})
+        await self._reply({"type": "ack", "client_id": client_id, "seq": ack.seq, "id": ack.id})
+
+    async def _reply(self, frame: Frame) -> None:
+        """An answer to the client's own command: written now, unless the socket is already
+        over its whole budget (then the client is not reading: 1013, and it re-sends on
+        resume with the same client_id)."""
+        text, size = encode(frame)
+        if self.budget.over(size):
+            self.request_close(CLOSE_TOO_SLOW)
+            return
+        await self._send_raw(text)
 
     async def _typing(self) -> None:
         assert self.runtime is not None
@@ -179,11 +422,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.last_typing = now
         await self.runtime.typing(self.slug, self.user)
 
-    async def send_json(self, frame: dict[str, Any]) -> None:
+    async def _write(self, frame: Frame) -> None:
+        await self._send_raw(encode(frame)[0])
+
+    async def _send_raw(self, text: str) -> None:
         if self.closing:
             return  # the client resumes elsewhere and re-sends what was not acked
         try:
-            await self.send(text_data=json.dumps(frame, ensure_ascii=False))
+            await self.send(text_data=text)
         except Disconnected:
             # Closed under us (an ack that arrives after the close): not a crash, or the
             # consumer dies before ``disconnect`` and its listener and presence leak.

@@ -17,7 +17,7 @@ import daphne.server
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from chatsite.daphne_compat import allow_server_close_codes
+from chatsite.daphne_compat import patch_daphne
 from cluster.embedded import EmbeddedRedis
 
 logger = logging.getLogger("chatsite.runnode")
@@ -37,7 +37,7 @@ class Command(BaseCommand):
 
         from rooms.runtime import build_runtime, install
 
-        allow_server_close_codes()
+        patch_daphne()
         if node_name:
             settings.CHAT_NODE_NAME = node_name
         embedded: EmbeddedRedis | None = None

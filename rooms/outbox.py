@@ -1,0 +1,62 @@
+"""Frames waiting for one socket, bounded in count and in bytes.
+
+Frames are encoded once per process, not once per socket: the fan-out hands the same dict to
+every local socket of a room, so the encoding of the last few frames is remembered by identity.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict, deque
+from typing import Any
+
+Frame = dict[str, Any]
+_ENCODED_KEEP = 64
+# id(frame) -> (frame, text, bytes); holding the frame keeps its id from being reused.
+_encoded: OrderedDict[int, tuple[Frame, str, int]] = OrderedDict()
+
+
+def encode(frame: Frame) -> tuple[str, int]:
+    """The frame's JSON text and its size in UTF-8 bytes (what the transport will hold)."""
+    cached = _encoded.get(id(frame))
+    if cached is not None and cached[0] is frame:
+        return cached[1], cached[2]
+    text = json.dumps(frame, ensure_ascii=False)
+    size = len(text) if text.isascii() else len(text.encode())
+    _encoded[id(frame)] = (frame, text, size)
+    if len(_encoded) > _ENCODED_KEEP:
+        _encoded.popitem(last=False)
+    return text, size
+
+
+class Outbox:
+    def __init__(self, *, max_frames: int, max_bytes: int) -> None:
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: deque[tuple[Frame, str, int]] = deque()
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue ``frame``; False (not queued) when that would pass either bound."""
+        if len(self._items) >= self.max_frames:
+            return False
+        text, size = encode(frame)
+        if self.bytes + size > self.max_bytes:
+            return False
+        self._items.append((frame, text, size))
+        self.bytes += size
+        return True
+
+    def pop(self) -> tuple[Frame, str, int] | None:
+        if not self._items:
+            return None
+        item = self._items.popleft()
+        self.bytes -= item[2]
+        return item
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,223 @@
+"""Guarantee 10 and the socket caps, against a real ``runnode`` process (issue 8, hole 3).
+
+A socket that stops reading costs its node at most about ``CHAT_SOCKET_BUFFER_BYTES``; past that
+it is closed with 1013 and loses nothing when it resumes. Sockets per principal and per address
+are capped (4429), and the counts free up on disconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+
+from tests.support.client import ChatClient
+from tests.support.nodes import Cluster, Node
+from tests.support.stalled_socket import StalledSocket, rss_bytes
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+BUDGET = 1 << 20
+ROOM = "big"
+EVENTS = 2000
+BODY = "é" * 4000  # 4,000 characters, 8,000 bytes of UTF-8 on the wire
+MIB = 1 << 20
+
+
+async def seed(node: Node, room: str, count: int, body: str) -> None:
+    """Append ``count`` messages through the protocol, pipelined in batches."""
+    url = f"{node.ws}/ws/rooms/{room}/?name=seeder"
+    async with websockets.connect(url, max_size=None) as ws:
+        sent = 0
+        while sent < count:
+            batch = min(100, count - sent)
+            for i in range(batch):
+                frame = {"type": "send", "body": body, "client_id": f"seed-{sent + i}"}
+                await ws.send(json.dumps(frame, ensure_ascii=False))
+            acked = 0
+            while acked < batch:
+                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if frame["type"] == "error":
+                    raise AssertionError(f"seeding refused: {frame}")
+                acked += frame["type"] == "ack"
+            sent += batch
+
+
+def closes_1013(node: Node) -> int:
+    assert node.log_path is not None
+    return len(re.findall(r"closing with 1013", node.log_path.read_text(errors="replace")))
+
+
+def wait_until(predicate: object, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(step)
+    return False
+
+
+@pytest.fixture(scope="module")
+def big_room(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One node and a room of 2,000 events of 4,000 characters (seeded once per module)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    cluster = Cluster(
+        redis_server,
+        Path(tmp_path_factory.mktemp("slow")),
+        CHAT_RATE_LIMIT="100000/1",
+        CHAT_RATE_LIMIT_PER_ADDRESS="100000/1",
+        CHAT_SOCKET_BUFFER_BYTES=str(BUDGET),
+        CHAT_MAX_SOCKETS_PER_USER="3",
+    )
+    try:
+        cluster.create_room(ROOM)
+        node = cluster.add("slow1")
+        asyncio.run(seed(node, ROOM, EVENTS, BODY))
+        yield node
+    finally:
+        cluster.close()
+
+
+def test_non_reading_sockets_keep_node_memory_bounded(big_room: Node) -> None:
+    node = big_room
+
+    async def warm_up() -> None:
+        # One full replay to a reading client first: the baseline includes what a normal
+        # replay leaves allocated, so the growth measured below is the stalled sockets'.
+        reader = ChatClient(node.ws, ROOM, "warm")
+        await reader.connect(after=0)
+        await reader.wait_for(lambda: reader.last_seq >= EVENTS, 60)
+        await reader.close()
+
+    asyncio.run(warm_up())
+    baseline = rss_bytes(node.pid)
+    sockets = [
+        StalledSocket(node.port, f"/ws/rooms/{ROOM}/?name=stall{i}&after=0").connect()
+        for i in range(5)
+    ]
+    peak = baseline
+    before = closes_1013(node)
+
+    def sample() -> bool:
+        nonlocal peak
+        peak = max(peak, rss_bytes(node.pid))
+        return closes_1013(node) - before >= len(sockets)
+
+    closed = wait_until(sample, timeout=40, step=0.1)
+    growth = peak - baseline
+    print(f"baseline {baseline / MIB:.1f} MiB, peak growth {growth / MIB:.1f} MiB")
+    try:
+        assert growth <= 5 * BUDGET + 20 * MIB, (
+            f"RSS grew {growth / MIB:.1f} MiB for 5 stalled sockets (budget 1 MiB each)"
+        )
+        assert closed, "the stalled sockets were not closed with 1013"
+        for stalled in sockets:
+            stalled.read_all(timeout=10)
+            assert stalled.close_code == 1013
+            seqs = stalled.seqs
+            assert seqs == list(range(1, len(seqs) + 1)), "a stalled socket saw a hole"
+    finally:
+        for stalled in sockets:
+            stalled.close()
+
+
+def test_socket_closed_with_1013_resumes_every_event_once(big_room: Node) -> None:
+    node = big_room
+    before = closes_1013(node)
+    stalled = StalledSocket(node.port, f"/ws/rooms/{ROOM}/?name=resumer&after=0").connect()
+
+    async def live_traffic() -> int:
+        # Live events while the socket is stalled: they must come back on resume too.
+        url = f"{node.ws}/ws/rooms/{ROOM}/?name=talker"
+        async with websockets.connect(url, max_size=None) as ws:
+            last = 0
+            for i in range(30):
+                cid = f"live-{uuid.uuid4().hex}-{i}"
+                frame = {"type": "send", "body": BODY, "client_id": cid}
+                await ws.send(json.dumps(frame, ensure_ascii=False))
+                while True:
+                    frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    assert frame["type"] != "error", frame
+                    if frame["type"] == "ack":
+                        last = int(frame["seq"])
+                        break
+            return last
+
+    try:
+        last_seq = asyncio.run(live_traffic())
+        assert wait_until(lambda: closes_1013(node) > before, timeout=40), "no 1013"
+        stalled.read_all(timeout=10)
+    finally:
+        stalled.close()
+    assert stalled.close_code == 1013
+    first = stalled.seqs
+    assert first == list(range(1, len(first) + 1))
+    assert len(first) < last_seq, "the stalled socket should not have received everything"
+
+    async def resume() -> list[int]:
+        client = ChatClient(node.ws, ROOM, "resumer")
+        await client.connect(after=first[-1] if first else 0)
+        await client.wait_for(lambda: client.last_seq >= last_seq, 60)
+        await client.close()
+        return [int(f["seq"]) for f in client.durable]
+
+    second = asyncio.run(resume())
+    assert first + second == list(range(1, last_seq + 1)), "an event was lost or duplicated"
+
+
+async def open_socket(node: Node, name: str) -> tuple[websockets.ClientConnection, int | None]:
+    """Connect as ``name``; the close code if the node refused the socket, else None."""
+    url = f"{node.ws}/ws/rooms/{ROOM}/?name={name}&after={EVENTS + 10_000}"  # ahead: no replay
+    ws = await websockets.connect(url, max_size=None)
+    try:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    except websockets.ConnectionClosed:
+        return ws, ws.close_code
+    assert first["type"] == "hello"
+    return ws, None
+
+
+def test_caps_refuse_with_4429_and_free_on_disconnect(big_room: Node) -> None:
+    node = big_room  # CHAT_MAX_SOCKETS_PER_USER=3 on this node
+
+    async def scenario() -> None:
+        held = []
+        for _ in range(3):
+            ws, refused = await open_socket(node, "capped")
+            assert refused is None
+            held.append(ws)
+        _extra, refused = await open_socket(node, "capped")
+        assert refused == 4429
+        # Another principal from the same address is not affected.
+        other, refused = await open_socket(node, "uncapped")
+        assert refused is None
+        await other.close()
+        # Every disconnect path frees its slot: a clean close, and a dropped TCP connection.
+        await held[0].close()
+        held[1].transport.abort()
+        admitted: list[websockets.ClientConnection] = []
+        deadline = time.monotonic() + 10
+        while len(admitted) < 2:
+            assert time.monotonic() < deadline, "the cap never freed up after disconnects"
+            ws, refused = await open_socket(node, "capped")
+            if refused is None:
+                admitted.append(ws)
+            else:
+                await asyncio.sleep(0.05)  # the node has not seen the disconnect yet: retry
+        ws, refused = await open_socket(node, "capped")
+        assert refused == 4429, "three held, the fourth must be refused again"
+        for ws in [held[2], *admitted]:
+            await ws.close()
+
+    asyncio.run(scenario())
