@@ -17,9 +17,8 @@ from . import keys
 from .commands import Ack, Command
 from .config import ClusterConfig
 from .connection import async_redis
-from .fanout import SEP, Attachment, Fanout, Listener
+from .fanout import Attachment, Fanout, Listener
 from .hub import PubSubHub
-from .keys import RoomKeys
 from .log import LogRange, RoomLog
 from .membership import Membership
 from .placement import preferred_node
@@ -73,7 +72,12 @@ class ClusterRuntime:
             self.redis, self.config, stats=self._stats, on_lost=self._on_lost
         )
         self.fanout = Fanout(
-            self.redis, self.hub, self.log, self.node, is_live=self.membership.is_live
+            self.redis,
+            self.hub,
+            self.log,
+            self.node,
+            is_live=self.membership.is_live,
+            repair_interval_s=self.config.lease_ttl_ms / 1000,
         )
         self.supervisor = Supervisor(
             config=self.config,
@@ -107,6 +111,7 @@ class ClusterRuntime:
         stale = await self.fanout.clear_stale_presence()
         if stale:
             logger.info("cleared %d presence entries left by an earlier %s", stale, self.node)
+        self.fanout.start()
         await self.membership.start()
         await self.supervisor.start()
         self.state = "running"
@@ -182,19 +187,7 @@ class ClusterRuntime:
 
     async def online(self, slugs: list[str]) -> dict[str, list[str]]:
         """Users present in each room, cluster-wide, in one round trip."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for slug in slugs:
-                pipe.hgetall(RoomKeys(slug).presence)
-            rows = await pipe.execute()
-        result: dict[str, list[str]] = {}
-        for slug, row in zip(slugs, rows, strict=True):
-            users = set()
-            for key, count in row.items():
-                node, _, user = key.partition(SEP)
-                if int(count) > 0 and self.membership.is_live(node):
-                    users.add(user)
-            result[slug] = sorted(users)
-        return result
+        return await self.fanout.online(slugs)
 
     async def cluster_view(self) -> dict[str, Any]:
         await self.membership.refresh()
@@ -248,6 +241,7 @@ class ClusterRuntime:
             raise RuntimeError(f"claim refused: {reply}")
 
     async def _on_lost(self) -> None:
+        self.fanout.rejoin()
         await self.supervisor.drop_all()
 
     async def _on_reconnect(self) -> None:
@@ -257,6 +251,8 @@ class ClusterRuntime:
     async def _on_membership(self, joined: set[str], left: set[str]) -> None:
         if left:
             await self.fanout.on_nodes_left(left)
+        if joined:
+            self.fanout.on_nodes_joined(joined)
         await self.supervisor.on_membership(joined, left)
 
     def _on_cluster_message(self, data: str) -> None:
