@@ -24,7 +24,7 @@ from cluster.embedded import _die_with_parent, free_port, redis_server_binary
 from tests.chaos.checker import Excuse
 from tests.chaos.proxy import RedisProxy
 from tests.chaos.recorder import now
-from tests.support.nodes import Cluster, Node, http_get
+from tests.support.nodes import Cluster, Node, base_env, http_get
 
 
 @dataclass
@@ -99,6 +99,24 @@ class RedisProcess:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
+class PreparedCluster(Cluster):
+    """A Cluster on a database that is already migrated (a copy of a template)."""
+
+    def __init__(self, redis_url: str, data_dir: Path, **env: str) -> None:
+        self.redis_url = redis_url
+        self.data_dir = data_dir
+        self.env = base_env(redis_url, data_dir, **env)
+        self.nodes: list[Node] = []
+
+
+def prepare_template(directory: Path, rooms: tuple[str, ...], redis_url: str) -> Path:
+    """Migrate a database and create ``rooms`` in it, once; worlds copy the file."""
+    cluster = Cluster(redis_url, directory)
+    for room in rooms:
+        cluster.create_room(room)
+    return directory / "chat.sqlite3"
+
+
 @dataclass
 class Settings:
     nodes: int = 2
@@ -108,6 +126,9 @@ class Settings:
     lease_ms: int = 1500
     send_timeout_ms: int = 2000
     env: dict[str, str] = field(default_factory=dict)
+    # A database already migrated, with the rooms: copied instead of running `migrate` and
+    # `createroom` again (seconds each on a busy machine).
+    template_db: Path | None = None
 
     @property
     def answer_budget_s(self) -> float:
@@ -151,9 +172,13 @@ class World:
             "CHAT_MAX_SOCKETS_PER_ADDRESS": "10000",
             **s.env,
         }
-        self.cluster = await asyncio.to_thread(Cluster, url, self.tmp, **env)
-        for room in s.rooms:
-            await asyncio.to_thread(self.cluster.create_room, room)
+        if s.template_db is not None:
+            shutil.copyfile(s.template_db, self.tmp / "chat.sqlite3")
+            self.cluster = PreparedCluster(url, self.tmp, **env)
+        else:
+            self.cluster = await asyncio.to_thread(Cluster, url, self.tmp, **env)
+            for room in s.rooms:
+                await asyncio.to_thread(self.cluster.create_room, room)
         names = [chr(ord("a") + i) for i in range(s.nodes)]
         for name in names:
             self.cluster.add(name, wait=False)
