@@ -266,3 +266,21 @@ async def test_presence_rewritten_after_redis_lost_it(
     assert await a.redis.hget("chat:{room:room}:presence", "a\x1fann") == "1"
     assert await a.redis.hget("chat:{room:room}:presence", "b\x1fbob") == "1"
     assert await a.redis.sismember("chat:{node:a}:presence", "room")
+
+
+async def test_entries_deleted_under_a_live_node_are_written_again(
+    two: tuple[ClusterRuntime, ClusterRuntime],
+) -> None:
+    """Nothing announces it (no false death, no reconnect): the periodic repair from our
+    sockets finds the entry missing and writes it back, and the index with it."""
+    a, b = two
+    ann, watcher = View("ann"), View("watcher")
+    await attach(a, "room", ann)
+    await attach(b, "room", watcher)
+    await b.redis.hdel("chat:{room:room}:presence", "a\x1fann")
+    await b.redis.delete("chat:{node:a}:presence")
+    async with asyncio.timeout(CONVERGE_S):
+        while await b.redis.hget("chat:{room:room}:presence", "a\x1fann") != "1":
+            await asyncio.sleep(0.02)
+    assert await b.redis.sismember("chat:{node:a}:presence", "room")
+    await converged("room", {"ann", "watcher"}, [a, b], [ann, watcher])
