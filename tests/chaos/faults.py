@@ -125,6 +125,7 @@ async def promote_lagging_replica(world: World, *, lag_s: float = 1.5) -> str:
     world.repl_proxy.reset()
     await asyncio.to_thread(world.repl_proxy.stop)
     await asyncio.to_thread(replica.client().execute_command, "REPLICAOF", "NO", "ONE")
+    replica.replicaof = None  # a later restart brings it back as a primary
     world.proxy.set_upstream(replica.port)
     world.proxy.reset()
     world.old_redis.append(primary)
