@@ -209,9 +209,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             if self.behind or not self.outbox.offer(frame):
                 self.behind = True  # the send loop reads it from the log, even if nothing follows
             self.known_seq = seq
-        elif kind == "presence_diff":
-            self.presence.difference_update(frame.get("leaves", ()))
-            self.presence.update(frame.get("joins", ()))
+        elif kind in ("presence_diff", "presence_state"):
+            if kind == "presence_state":
+                self.presence = set(frame.get("users", ()))
+            else:
+                self.presence.difference_update(frame.get("leaves", ()))
+                self.presence.update(frame.get("joins", ()))
             if self.presence_stale or not self.outbox.offer(frame):
                 self.presence_stale = True  # replaced by a presence_state from self.presence
         elif not self.outbox.offer(frame):

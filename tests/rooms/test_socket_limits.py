@@ -20,7 +20,7 @@ import websockets
 
 from tests.support.client import ChatClient
 from tests.support.nodes import Cluster, Node
-from tests.support.stalled_socket import StalledSocket, rss_bytes
+from tests.support.stalled_socket import StalledSocket, rss_bytes, seed_room
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -29,25 +29,6 @@ ROOM = "big"
 EVENTS = 2000
 BODY = "é" * 4000  # 4,000 characters, 8,000 bytes of UTF-8 on the wire
 MIB = 1 << 20
-
-
-async def seed(node: Node, room: str, count: int, body: str) -> None:
-    """Append ``count`` messages through the protocol, pipelined in batches."""
-    url = f"{node.ws}/ws/rooms/{room}/?name=seeder"
-    async with websockets.connect(url, max_size=None) as ws:
-        sent = 0
-        while sent < count:
-            batch = min(100, count - sent)
-            for i in range(batch):
-                frame = {"type": "send", "body": body, "client_id": f"seed-{sent + i}"}
-                await ws.send(json.dumps(frame, ensure_ascii=False))
-            acked = 0
-            while acked < batch:
-                frame = json.loads(await asyncio.wait_for(ws.recv(), 30))
-                if frame["type"] == "error":
-                    raise AssertionError(f"seeding refused: {frame}")
-                acked += frame["type"] == "ack"
-            sent += batch
 
 
 def closes_1013(node: Node) -> int:
@@ -83,7 +64,7 @@ def big_room(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     try:
         cluster.create_room(ROOM)
         node = cluster.add("slow1")
-        asyncio.run(seed(node, ROOM, EVENTS, BODY))
+        asyncio.run(seed_room(node.ws, ROOM, EVENTS, BODY))
         yield node
     finally:
         cluster.close()

@@ -6,14 +6,18 @@ up. ``read_all`` later reads what the server sent (unmasked server frames) up to
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import websockets
 
 CLOSE_OPCODE = 0x8
 TEXT_OPCODE = 0x1
@@ -52,25 +56,32 @@ class StalledSocket:
         self.sock = sock
         return self
 
+    _buffer: bytearray = field(default_factory=bytearray)
+
     def read_all(self, timeout: float = 30.0) -> None:
         """Read frames until the close frame or the end of the stream (or ``timeout``)."""
+        self._read_until(lambda: False, timeout)
+
+    def read_durable(self, count: int, timeout: float = 30.0) -> None:
+        """Read until ``count`` durable events arrived (a reader that stops mid-stream)."""
+        self._read_until(lambda: len(self.seqs) >= count, timeout)
+
+    def _read_until(self, enough: Callable[[], bool], timeout: float) -> None:
         assert self.sock is not None
         deadline = time.monotonic() + timeout
-        buffer = bytearray()
         self.sock.settimeout(1.0)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not enough():
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(1 << 16)
             except TimeoutError:
                 continue
             except OSError:
                 break  # reset: what was not read is gone
             if not chunk:
                 break
-            buffer += chunk
-            if self._parse(buffer):
+            self._buffer += chunk
+            if self._parse(self._buffer):
                 return
-        self._parse(buffer)
 
     def _parse(self, buffer: bytearray) -> bool:
         """Consume whole frames from ``buffer``; True once the close frame was seen."""
@@ -115,3 +126,28 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+async def seed_room(ws_base: str, room: str, count: int, body: str) -> int:
+    """Append ``count`` messages through the protocol, pipelined in batches of 100 (the node
+    needs a rate limit that allows it). Returns the last seq."""
+    url = f"{ws_base}/ws/rooms/{room}/?name=seeder"
+    last = 0
+    async with websockets.connect(url, max_size=None) as ws:
+        prefix = os.urandom(4).hex()
+        sent = 0
+        while sent < count:
+            batch = min(100, count - sent)
+            for i in range(batch):
+                frame = {"type": "send", "body": body, "client_id": f"seed-{prefix}-{sent + i}"}
+                await ws.send(json.dumps(frame, ensure_ascii=False))
+            acked = 0
+            while acked < batch:
+                answer = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if answer["type"] == "error":
+                    raise RuntimeError(f"seeding refused: {answer}")
+                if answer["type"] == "ack":
+                    acked += 1
+                    last = max(last, int(answer["seq"]))
+            sent += batch
+    return last
