@@ -19,13 +19,16 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, quote
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from cluster.events import seq_of_message_id
+from rooms import services
 from tests.support.nodes import Node
 
 from .conftest import (
@@ -425,3 +428,60 @@ def test_seq_of_message_id_is_strict() -> None:
 def test_seq_of_message_id_never_raises(raw: str) -> None:
     seq = seq_of_message_id(raw)
     assert seq is None or (1 <= seq < 10**18 and raw == f"m{seq}")
+
+
+# -- the handshake's query: ?name= and ?after= ----------------------------------------------------
+
+QUERY_VALUES = [
+    "", "-1", "1e3", "²", "１２", "99999999999999999999", "9" * 5000, str(2**53), str(2**53 + 1),
+    "0", "1", "%", "%FF", "%00", "%ED%A0%80", "+", "a\x7fb", "\x00", " ", "x" * 200,
+]  # fmt: skip
+query_values = st.sampled_from(QUERY_VALUES) | st.text(max_size=40)
+
+
+def unquoted(value: str) -> str:
+    return "".join(c for c in value if 33 <= ord(c) < 127 and c not in "#&")
+
+
+def after_is_valid(raw: str | None) -> bool:
+    if raw is None or raw == "":
+        return True
+    significant = raw.lstrip("0")
+    return raw.isascii() and raw.isdigit() and len(significant) <= 16 and int(raw) <= 2**53
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(FUZZ.suppress_health_check))
+@given(name=query_values, after=st.none() | query_values, raw=st.booleans())
+def test_any_handshake_query_is_greeted_or_refused_with_its_code(
+    run: Run, name: str, after: str | None, raw: bool
+) -> None:
+    """A name the contract refuses closes with 4403 after a ``forbidden`` error frame; a bad
+    ``after`` gets a ``bad_request`` error frame and the socket goes on from now. Nothing else:
+    no 1011, no silence, no crash."""
+    pairs = [("name", name)] + ([] if after is None else [("after", after)])
+    # raw: percent signs and all as typed (only what may stand in a request line), else quoted
+    query = "&".join(f"{k}={unquoted(v) if raw else quote(v, safe='')}" for k, v in pairs)
+    decoded = parse_qs(query, keep_blank_values=True)  # as the consumer reads it
+    got_name = decoded.get("name", [None])[0]
+    got_after = decoded.get("after", [None])[0]
+    ws = connect(f"{run.node.ws}/ws/rooms/lobby/?{query}", open_timeout=10, legacy=True)
+    frames: list[dict[str, Any]] = []
+    try:
+        while not frames or frames[-1]["type"] != "presence_state":
+            frames.append(json.loads(ws.recv(timeout=5)))
+    except ConnectionClosed:
+        pass
+    finally:
+        ws.close()
+    kinds = [frame["type"] for frame in frames]
+    refused = services.guest_name_error(got_name or "") if got_name is not None else "no name"
+    if refused:
+        assert ws.close_code == 4403, (query, kinds, ws.close_code)
+        assert frames and frames[-1]["code"] == "forbidden", (query, frames)
+        return
+    assert "hello" in kinds, (query, frames, ws.close_code)
+    errors = [frame for frame in frames if frame["type"] == "error"]
+    if after_is_valid(got_after):
+        assert not errors, (query, errors)
+    else:
+        assert [e["code"] for e in errors] == ["bad_request"], (query, errors)
