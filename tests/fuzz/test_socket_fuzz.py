@@ -485,3 +485,24 @@ def test_any_handshake_query_is_greeted_or_refused_with_its_code(
         assert not errors, (query, errors)
     else:
         assert [e["code"] for e in errors] == ["bad_request"], (query, errors)
+
+
+@pytest.mark.parametrize("mib", [0.9, 2.0])
+def test_a_frame_of_megabytes_is_refused_or_closes_only_that_socket(run: Run, mib: float) -> None:
+    """Below daphne's 1 MiB message limit the frame is answered ``too_large`` and the socket
+    stays; above it the WebSocket layer fails that connection (1009, or a drop: 1006)."""
+    wire = Wire.open(run.node, "big")
+    try:
+        wire.ws.send(json.dumps({"type": "send", "body": "z" * int(mib * 2**20)}))
+        try:
+            answer = wire.answer(timeout=10)
+        except ConnectionClosed:
+            assert mib > 1 and wire.ws.close_code in (1006, 1009), wire.ws.close_code
+        else:
+            assert answer["code"] == "too_large", answer
+            assert wire.alive()
+    finally:
+        wire.close()
+    assert raw_get(run.node, "/healthz")[0] == 200
+    assert last_seq(run.node) == run.room_last_seq
+    run.good_send()
