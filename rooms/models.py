@@ -28,8 +28,9 @@ class Room(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     archived_at = models.DateTimeField(null=True, blank=True)
-    # The highest seq known outside Redis: if Redis ever loses the room's log, seqs go on above
-    # it instead of starting again at 1 (CONTRACT.md guarantee 8).
+    # The room's newest seq reservation, made before its seqs are used: every seq ever issued is
+    # at or below it. If Redis loses the room's log, seqs go on above it instead of starting
+    # again at 1 (guarantee 8; cluster/seq_recovery.py says when it can tell nothing was lost).
     seq_high_water = models.BigIntegerField(default=0)
 
     objects = RoomQuerySet.as_manager()

@@ -21,6 +21,8 @@ async def room_aget(slug: str) -> Room | None:
 
 
 async def room_seq_floor(slug: str) -> int:
+    """The room's newest seq reservation (cluster.seq_recovery: every seq ever issued is at or
+    below it, and it was made at seq ``reservation - RESERVE_BLOCK``); 0 for none."""
     found = await Room.objects.filter(slug=slug).aaggregate(floor=Max("seq_high_water"))
     return int(found["floor"] or 0)
 

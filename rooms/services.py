@@ -60,6 +60,8 @@ def room_record_seq(slug: str, seq: int) -> None:
 
 
 async def room_arecord_seq(slug: str, seq: int) -> None:
+    """Record a new seq reservation before the room uses it (never lowers it): the cluster's
+    ``RecordReservation`` hook (cluster.seq_recovery.Reservation)."""
     await Room.objects.filter(slug=slug, seq_high_water__lt=seq).aupdate(seq_high_water=seq)
 
 

@@ -30,6 +30,7 @@ from tests.support.nodes import Cluster, Node
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 Frame = dict[str, Any]
+FLUSH_ROUNDS = 3
 
 
 class SeqBook:
@@ -59,6 +60,10 @@ class SeqBook:
 
 def acked(clients: list[RoamingClient]) -> dict[str, int]:
     return {cid: int(f["seq"]) for c in clients for cid, f in c.acks.items()}
+
+
+async def acks_reach(clients: list[RoamingClient], count: int, timeout: float = 30) -> None:
+    await wait_until(lambda: len(acked(clients)) >= count, timeout)
 
 
 async def resume(node: Node, after: int, beyond: int, timeout: float = 15.0) -> list[Frame]:
@@ -119,15 +124,25 @@ async def test_flushall_under_load_never_reissues_a_seq(
         ]
         for client in clients:
             await client.connect()
-        before = Load(clients, per_client=80, interval_s=0.01)
-        sending = asyncio.create_task(before.run())
-        await wait_until(lambda: len(acked(clients)) >= 120, timeout=30)
-        admin.flushall()  # under load: commands are in flight on both nodes
-        await asyncio.wait_for(sending, 60)
-        await before.settle(30)
-        for event in all_events(a, "lobby"):
+        top_before = 0
+        for _ in range(FLUSH_ROUNDS):
+            # A burst from both nodes, and FLUSHALL in its middle: commands are in flight on
+            # both nodes, whose memberships vanish too (each presumes the other dead).
+            burst = Load(clients, per_client=150, interval_s=0.004)
+            wanted = len(acked(clients)) + 30
+            sending = asyncio.create_task(burst.run())
+            await acks_reach(clients, wanted)
+            top_before = max(acked(clients).values())
+            admin.flushall()
+            await asyncio.wait_for(sending, 60)
+            await burst.settle(30)
+            book.add_clients(clients)
+            assert not book.reissued(), f"seqs given to two events: {book.reissued()}"
+        for event in all_events(b, "lobby"):
             book.add(event["seq"], event.get("client_id"))
-        top_before = max(s for cid, s in acked(clients).items())
+        assert not book.reissued(), f"seqs given to two events: {book.reissued()}"
+        top_before = max(acked(clients).values())
+        admin.flushall()  # and once more while nothing is in flight
 
         after = Load(clients, per_client=10, interval_s=0.01)
         await asyncio.wait_for(after.run(), 30)
@@ -136,7 +151,6 @@ async def test_flushall_under_load_never_reissues_a_seq(
         for event in all_events(b, "lobby"):
             book.add(event["seq"], event.get("client_id"))
         assert not book.reissued(), f"seqs given to two events: {book.reissued()}"
-
         late_acks = [acked(clients)[cid] for c in clients for cid in list(c.sent)[-10:]]
         assert min(late_acks) > top_before, (top_before, sorted(late_acks))
         frames = await resume(a, after=top_before, beyond=top_before)
