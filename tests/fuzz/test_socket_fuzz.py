@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,14 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from cluster.embedded import EmbeddedRedis
 from cluster.events import seq_of_message_id
 from rooms import services
-from tests.support.nodes import Node
+from tests.support.nodes import Cluster, Node
 
 from .conftest import (
     CONTRACT_CODES,
+    ROOM,
     Wire,
     assert_clean_log,
     last_seq,
@@ -506,3 +509,50 @@ def test_a_frame_of_megabytes_is_refused_or_closes_only_that_socket(run: Run, mi
     assert raw_get(run.node, "/healthz")[0] == 200
     assert last_seq(run.node) == run.room_last_seq
     run.good_send()
+
+
+# -- a flood under the contract's default rate limit ---------------------------------------------
+
+
+@pytest.fixture
+def limited_node(tmp_path: Any) -> Iterator[Node]:
+    """A node with the default ``CHAT_RATE_LIMIT`` (20/10), on a Redis of its own."""
+    server = EmbeddedRedis.start(appendonly=False)
+    cluster = Cluster(server.url, tmp_path)
+    try:
+        cluster.create_room(ROOM)
+        yield cluster.add("limited")
+    finally:
+        cluster.close()
+        server.stop()
+
+
+def test_a_flood_of_bad_commands_is_rate_limited_and_never_limits_others(
+    limited_node: Node,
+) -> None:
+    """Commands naming no message cost the flooder its own tokens, not the room's server (no
+    crash, so no limiter reset: issue 8 hole 1) and never another user's."""
+    good = Wire.open(limited_node, "good")
+    flooder = Wire.open(limited_node, "flooder")
+    try:
+        codes: Counter[str] = Counter()
+        for i in range(60):
+            message_id = ["m99999", "m88888", "m²"][i % 3]  # 40 well-formed, 20 not even that
+            flooder.ws.send(dumps({"type": "delete", "id": message_id, "client_id": f"f{i}"}))
+        for _ in range(60):
+            answer = flooder.answer(timeout=10)
+            assert answer["type"] == "error", answer
+            codes[answer["code"]] += 1
+        assert set(codes) <= {"not_found", "rate_limited"}, codes
+        # 20 tokens (and a refill of 2 a second) for 40 commands that reach the room's server
+        assert codes["rate_limited"] >= 10, codes
+        for i in range(10):
+            client_id = f"g{i}"
+            good.ws.send(dumps({"type": "send", "body": f"hello {i}", "client_id": client_id}))
+            answer = good.answer(timeout=10)
+            assert answer["type"] == "ack" and answer["client_id"] == client_id, answer
+        assert last_seq(limited_node) == 10
+    finally:
+        good.close()
+        flooder.close()
+    assert_clean_log(limited_node)
