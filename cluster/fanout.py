@@ -89,11 +89,25 @@ class Fanout:
         """Start delivering ``slug``'s events with seq > the returned last_seq to ``listener``."""
         async with self._locks.hold(slug):
             room = await self.delivery.open(slug)
-            await self.presence.open(slug)
-            # Presence before the listener: it learns of itself from presence_state, not a diff.
-            await self.presence.add(slug, listener.user)
-            room.listeners.add(listener)
-            return Attachment(room.last_seq, self.presence.users(slug))
+            try:
+                await self.presence.open(slug)
+                # Counted before the listener joins, in the same step: it learns of itself
+                # from presence_state, not a diff, and nothing can cancel in between.
+                announce = self.presence.arrive(slug, listener.user)
+                room.listeners.add(listener)
+                attachment = Attachment(room.last_seq, self.presence.users(slug))
+                await self.presence.write(slug, listener.user, announce=announce)
+            except BaseException:
+                # Failed or cancelled half-way: nothing of this socket may stay behind (a
+                # caller whose attach failed never detaches).
+                if listener in room.listeners:
+                    room.listeners.discard(listener)
+                    self.presence.leave(slug, listener.user)
+                if not room.listeners:
+                    self.presence.close(slug)
+                    await self.delivery.close(slug)
+                raise
+            return attachment
 
     async def detach(self, slug: str, listener: Listener) -> None:
         async with self._locks.hold(slug):
@@ -101,10 +115,13 @@ class Fanout:
             if room is None or listener not in room.listeners:
                 return
             room.listeners.discard(listener)
-            await self.presence.remove(slug, listener.user)
-            if not room.listeners:
-                self.presence.close(slug)
-                await self.delivery.close(slug)
+            last = self.presence.leave(slug, listener.user)
+            try:
+                await self.presence.write(slug, listener.user, announce=last)
+            finally:
+                if not room.listeners:
+                    self.presence.close(slug)
+                    await self.delivery.close(slug)
 
     async def typing(self, slug: str, user: str) -> None:
         await self.delivery.typing(slug, user)

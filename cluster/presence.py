@@ -163,25 +163,31 @@ class Presence:
         room = self.rooms.get(slug)
         return sorted(room.shown) if room is not None else []
 
-    async def add(self, slug: str, user: str) -> None:
-        """One more socket of ``user`` here. Never raises: a failed write is repaired."""
+    # Counting is synchronous and writing is not: a socket is counted in the same step as it is
+    # added (nothing can cancel in between), and a write that fails or is cancelled is repaired.
+
+    def arrive(self, slug: str, user: str) -> bool:
+        """One more socket of ``user`` here; True if the user is new here (to announce)."""
         room = self.rooms[slug]
         room.local[user] += 1
         self._show(room)
-        await self._write(room, user, announce=room.local[user] == 1)
+        return room.local[user] == 1
 
-    async def remove(self, slug: str, user: str) -> None:
-        """One socket of ``user`` fewer here. Never raises: a failed write is repaired."""
+    def leave(self, slug: str, user: str) -> bool:
+        """One socket of ``user`` fewer here; True if it was the user's last one here."""
         room = self.rooms[slug]
         if room.local[user] <= 0:
-            return
+            return False
         room.local[user] -= 1
         if room.local[user] == 0:
             del room.local[user]
         self._show(room)
-        await self._write(room, user, announce=user not in room.local)
+        return user not in room.local
 
-    async def _write(self, room: RoomPresence, user: str, *, announce: bool) -> None:
+    async def write(self, slug: str, user: str, *, announce: bool) -> None:
+        """Write our absolute count of ``user`` in ``slug`` (HSET n, HDEL at 0), then announce
+        it if asked. Never raises but for cancellation: a failed write is repaired."""
+        room = self.rooms[slug]
         key = RoomKeys(room.slug).presence
         count = room.local.get(user, 0)
         try:
@@ -198,6 +204,10 @@ class Presence:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     self._announce(pipe, room.slug, user, present=count > 0)
                     await pipe.execute()
+        except asyncio.CancelledError:
+            room.dirty = True  # kept (if closed) until the repair has made Redis right
+            self._wake.set()
+            raise
         except Exception as exc:
             self.write_failures += 1
             room.dirty = True

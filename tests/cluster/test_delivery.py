@@ -5,6 +5,7 @@ in the middle of a hole fill; a drain asks sockets to close instead of sending t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from typing import Any
@@ -161,3 +162,26 @@ async def test_close_all_asks_each_socket_to_close(rt: ClusterRuntime) -> None:
     rt.fanout.close_all(1012)
     assert [t.close_codes for t in tabs] == [[1012], [1012]]
     assert not [f for t in tabs for f in t.frames if f.get("type") == "_close"]
+
+
+async def test_a_cancelled_attach_leaves_nothing_behind(rt: ClusterRuntime) -> None:
+    """The socket went away while its attach was under way (cancelled at each of its awaits
+    in turn): no listener, no subscription and no presence may outlive it."""
+    for k in range(12):
+        tab = Tab(f"gone{k}")
+        task = asyncio.create_task(rt.attach("room", tab))
+        for _ in range(k):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        if task.cancelled():
+            assert rt.fanout.connections == 0, k
+            assert rt.fanout.rooms == {}, k
+        else:
+            await rt.detach("room", tab)
+    async with asyncio.timeout(5):
+        while (await rt.online(["room"]))["room"] or await rt.redis.hlen(
+            "chat:{room:room}:presence"
+        ):
+            await asyncio.sleep(0.02)
