@@ -9,7 +9,13 @@
    bound a socket's memory must see that buffer: each WebSocket scope gets a ``TransportProbe``
    under ``scope["extensions"][TRANSPORT_EXTENSION]`` whose ``buffered()`` is the number of
    bytes written for the socket and not yet taken by the kernel.
-3. A socket closed with 1013 (it stopped reading) keeps its connection for ``SLOW_CLOSE_WAIT_S``
+3. Reading no faster than the application takes frames. daphne queues every frame a client
+   sends for the application, without bound, and Channels handles one at a time: a client
+   that sends faster than its commands are answered grows that queue (3,000 frames of 15 kB
+   took a node up 49 MiB). Past ``INBOUND_FRAMES`` frames or ``INBOUND_BYTES`` bytes waiting,
+   the socket's reading is paused (TCP pushes back on the client) until the queue is down to
+   a quarter.
+4. A socket closed with 1013 (it stopped reading) keeps its connection for ``SLOW_CLOSE_WAIT_S``
    after the close frame, not autobahn's default second: the close frame waits behind what the
    client has not read, and a client that reads again should get both, then resume.
 """
@@ -22,6 +28,9 @@ from typing import Any
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
 TRANSPORT_EXTENSION = "chat.transport"
 SLOW_CLOSE_WAIT_S = 10.0  # bounded: at most the socket's buffer budget is held meanwhile
+INBOUND_FRAMES = 16  # frames from one client waiting for the application before reading pauses
+INBOUND_BYTES = 256 * 1024  # the same in bytes (one frame may be up to daphne's 1 MiB limit)
+INBOUND_CHECK_S = 0.01  # how often a paused socket looks whether it may read again
 
 
 class TransportProbe:
@@ -59,6 +68,7 @@ def _fd_buffered(transport: Any) -> int:
 def patch_daphne() -> None:
     allow_server_close_codes()
     expose_transport()
+    bound_inbound()
 
 
 def allow_server_close_codes() -> None:
@@ -96,3 +106,43 @@ def expose_transport() -> None:
 
     Server.create_application = create_application
     Server._chat_transport_probe = True
+
+
+def _inbound_backlog(queue: Any) -> tuple[int, int]:
+    """Frames and bytes waiting in daphne's application queue for one socket."""
+    items = getattr(queue, "_queue", ())  # asyncio.Queue's deque: at most INBOUND_FRAMES long
+    size = sum(len(item.get("text") or item.get("bytes") or "") for item in items)
+    return len(items), size
+
+
+def bound_inbound() -> None:
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import reactor
+
+    if getattr(WebSocketProtocol, "_chat_bounded_inbound", False):
+        return
+    original = WebSocketProtocol.onMessage
+
+    def maybe_resume(protocol: Any) -> None:
+        transport = protocol.transport
+        if transport is None or getattr(transport, "disconnected", False):
+            return
+        frames, size = _inbound_backlog(protocol.application_queue)
+        if frames <= INBOUND_FRAMES // 4 and size <= INBOUND_BYTES // 4:
+            protocol._chat_reading_paused = False
+            transport.resumeProducing()
+        else:
+            reactor.callLater(INBOUND_CHECK_S, maybe_resume, protocol)
+
+    def on_message(self: Any, payload: bytes, isBinary: bool) -> None:
+        original(self, payload, isBinary)
+        if getattr(self, "_chat_reading_paused", False) or self.transport is None:
+            return
+        frames, size = _inbound_backlog(getattr(self, "application_queue", None))
+        if frames > INBOUND_FRAMES or size > INBOUND_BYTES:
+            self._chat_reading_paused = True
+            self.transport.pauseProducing()
+            reactor.callLater(INBOUND_CHECK_S, maybe_resume, self)
+
+    WebSocketProtocol.onMessage = on_message
+    WebSocketProtocol._chat_bounded_inbound = True

@@ -202,3 +202,34 @@ def test_caps_refuse_with_4429_and_free_on_disconnect(big_room: Node) -> None:
             await ws.close()
 
     asyncio.run(scenario())
+
+
+def test_a_flooding_client_is_read_no_faster_than_it_is_served(big_room: Node) -> None:
+    # 3,000 frames of 15 kB sent without waiting: the node used to queue them all for the
+    # consumer (+50 MiB). Now it stops reading the socket while 16 frames wait, and every
+    # frame is still answered.
+    node = big_room
+    frames = 3000
+    frame = json.dumps({"type": "nope", "pad": "y" * 15_000})
+
+    async def flood() -> int:
+        baseline = peak = rss_bytes(node.pid)
+        url = f"{node.ws}/ws/rooms/{ROOM}/?name=flooder&after={EVENTS + 10_000}"
+        async with websockets.connect(url, max_size=None) as ws:
+            for i in range(frames):
+                await asyncio.wait_for(ws.send(frame), 30)
+                if i % 50 == 0:
+                    peak = max(peak, rss_bytes(node.pid))
+            answered = 0
+            while answered < frames:
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                if reply["type"] == "error":
+                    assert reply["code"] == "bad_request"
+                    answered += 1
+                    if answered % 50 == 0:
+                        peak = max(peak, rss_bytes(node.pid))
+        return peak - baseline
+
+    growth = asyncio.run(flood())
+    print(f"flood: RSS grew {growth / MIB:.1f} MiB")
+    assert growth <= 15 * MIB, f"RSS grew {growth / MIB:.1f} MiB under a flood of frames"
