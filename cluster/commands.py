@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from .errors import CommandError
+from .events import seq_of_message_id
 
 CommandType = Literal["send", "edit", "delete"]
 COMMAND_TYPES: tuple[CommandType, ...] = ("send", "edit", "delete")
@@ -47,7 +48,9 @@ class Ack:
 
 
 def validate(command: Command, *, max_body: int) -> None:
-    """Checks that need no state; the room server runs them again before it appends."""
+    """Checks that need no state: the one place commands are validated. The router runs them
+    where a command enters the cluster, the room server again before it appends (a command
+    forwarded by another node is checked where it is applied)."""
     if command.type not in COMMAND_TYPES:
         raise CommandError("bad_request", f"unknown command type {command.type!r}")
     if not command.client_id or len(command.client_id) > MAX_CLIENT_ID:
@@ -59,5 +62,9 @@ def validate(command: Command, *, max_body: int) -> None:
             raise CommandError(
                 "too_large", f"body has {len(command.body)} characters; the limit is {max_body}"
             )
-    if command.type in ("edit", "delete") and not command.id:
-        raise CommandError("bad_request", f"{command.type} needs the id of a message")
+    if command.type in ("edit", "delete"):
+        if not command.id:
+            raise CommandError("bad_request", f"{command.type} needs the id of a message")
+        if seq_of_message_id(command.id) is None:
+            # Well-formed JSON, but no message ever had that id (ids are m<seq>).
+            raise CommandError("not_found", f"no message {command.id[:40]!r} in this room")

@@ -1,15 +1,47 @@
-"""Errors a command can end in; each maps to one `error` frame code of the protocol."""
+"""Every error the cluster raises, under one base, split by what the caller should do.
+
+- ``CommandError``: the command itself was refused (bad input, rate limit, permission, unknown
+  target). Its ``code`` is the protocol's error code. Never retried: the same command would be
+  refused again, and retrying a poison command is how one frame crash-loops a room.
+- ``Retryable``: the command may well succeed if tried again, at another node or a moment later
+  (the room is moving, its owner died, Redis blinked). The router retries these, and only these,
+  until the command's deadline, with the same ``client_id`` so the owner's dedupe keeps it safe.
+- ``Fenced``: this node's lease is gone; the room server that hit it stops itself.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
+from redis.exceptions import BusyLoadingError, ReadOnlyError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 ErrorCode = Literal[
     "bad_request", "too_large", "rate_limited", "forbidden", "not_found", "unavailable"
 ]
+ERROR_CODES: tuple[ErrorCode, ...] = (
+    "bad_request", "too_large", "rate_limited", "forbidden", "not_found", "unavailable",
+)  # fmt: skip
+
+# Redis failures that say nothing about the command: the connection dropped or timed out, the
+# server is loading its data, or we reached a replica that was just demoted. A ResponseError
+# of any other kind (a malformed stream id, a script error) is deterministic and never retried.
+TRANSIENT_REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    TryAgainError,
+    OSError,
+)
 
 
-class CommandError(Exception):
+class ClusterError(Exception):
+    """Base of every error the cluster raises on purpose."""
+
+
+class CommandError(ClusterError):
     """A command was refused; ``code`` is the protocol's error code."""
 
     def __init__(self, code: ErrorCode, detail: str) -> None:
@@ -18,17 +50,22 @@ class CommandError(Exception):
         self.detail = detail
 
 
-class Fenced(Exception):
+class Fenced(ClusterError):
     """This node's lease on a room is gone: another node owns it now (or nobody does)."""
 
-    def __init__(self, slug: str, owner: str, epoch: str) -> None:
+    def __init__(self, slug: str, owner: str, epoch: str | int) -> None:
         super().__init__(f"room {slug!r}: lease lost (owner now {owner or 'nobody'}@{epoch})")
         self.slug = slug
         self.owner = owner
+        self.epoch = int(epoch) if str(epoch).isdecimal() else 0
 
 
-class NotOwner(Exception):
-    """A command reached a node that does not own the room."""
+class Retryable(ClusterError):
+    """Worth another try, elsewhere or a moment later, with the same client_id."""
+
+
+class NotOwner(Retryable):
+    """A command reached a node that does not own the room (or no longer serves it)."""
 
     def __init__(self, slug: str, owner: str | None = None, *, handoff: bool = False) -> None:
         super().__init__(f"room {slug!r} is not owned here (owner: {owner})")
@@ -36,3 +73,43 @@ class NotOwner(Exception):
         self.owner = owner
         # True when the room is being handed to ``owner`` right now (it may claim on request).
         self.handoff = handoff
+
+
+class LeaseTaken(Retryable):
+    """Another (live) node holds the room's lease."""
+
+    def __init__(self, slug: str, owner: str, epoch: int) -> None:
+        super().__init__(f"room {slug!r} is owned by {owner}@{epoch}")
+        self.slug = slug
+        self.owner = owner
+        self.epoch = epoch
+
+
+class Draining(Retryable):
+    """This node is draining: it takes no new rooms."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node} is draining")
+        self.node = node
+
+
+class RoomUnavailable(Retryable):
+    """The room server could not finish the command (it stopped, crashed or lost Redis);
+    the command may or may not have been applied, which a retry's dedupe sorts out."""
+
+    def __init__(self, slug: str, why: str) -> None:
+        super().__init__(f"room {slug!r} unavailable: {why}")
+        self.slug = slug
+
+
+class NodeUnreachable(Retryable):
+    """Nobody listens on the node's inbox: it is gone."""
+
+
+class RpcTimeout(Retryable):
+    """A node did not answer in time."""
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The router's whole retry rule."""
+    return isinstance(exc, (Retryable, *TRANSIENT_REDIS_ERRORS))

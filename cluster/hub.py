@@ -3,6 +3,10 @@
 Pub/sub is at-most-once: whatever was published while the connection was down is gone. So the
 hub reconnects with backoff, re-subscribes every channel, and then tells its listeners, who fill
 their gaps from the durable log.
+
+A connection can also die without closing (a half-open TCP connection, a black-holed network):
+reads then simply time out and the node would hear nothing, forever. So when the connection has
+been silent for a while the hub sends a PING on it and treats a missing PONG as a lost connection.
 """
 
 from __future__ import annotations
@@ -20,6 +24,14 @@ logger = logging.getLogger("cluster.hub")
 
 Handler = Callable[[str], None]
 
+READ_WAIT_S = 0.5  # one wait for a message; bounds how late a health check can start
+SILENCE_BEFORE_PING_S = 2.0  # no message for this long: ask the server if it is still there
+PONG_TIMEOUT_S = 3.0  # no answer to that PING for this long: the connection is dead
+
+
+class HalfOpenConnection(ConnectionError):
+    """The pub/sub connection stopped answering PINGs."""
+
 
 class PubSubHub:
     def __init__(
@@ -34,6 +46,7 @@ class PubSubHub:
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.messages = 0
+        self.half_open_detected = 0
 
     async def start(self) -> None:
         await self._connect()
@@ -86,7 +99,10 @@ class PubSubHub:
                 logger.debug("closing a broken pubsub connection failed", exc_info=True)
 
     async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.05
+        last_heard = loop.time()
+        ping_sent: float | None = None
         while True:
             pubsub = self._pubsub
             try:
@@ -94,11 +110,22 @@ class PubSubHub:
                     await self._connect()
                     self.reconnects += 1
                     backoff = 0.05
+                    last_heard, ping_sent = loop.time(), None
                     logger.info("pub/sub reconnected; %d channels", len(self._handlers))
                     if self._on_reconnect is not None:
                         await self._on_reconnect()
                     continue
-                message = await pubsub.get_message(timeout=1.0)
+                message = await pubsub.get_message(timeout=READ_WAIT_S)
+                now = loop.time()
+                if message is not None:
+                    last_heard, ping_sent = now, None
+                elif ping_sent is not None and now - ping_sent > PONG_TIMEOUT_S:
+                    self.half_open_detected += 1
+                    raise HalfOpenConnection(f"no PONG in {PONG_TIMEOUT_S:.1f}s")
+                elif ping_sent is None and now - last_heard > SILENCE_BEFORE_PING_S:
+                    async with self._lock:
+                        await pubsub.ping()
+                    ping_sent = now
                 if message is None or message.get("type") != "message":
                     continue
                 self.messages += 1

@@ -53,6 +53,9 @@ class Membership:
         self._session = secrets.token_hex(8)
         self._heartbeat = self.redis.register_script(scripts.NODE_HEARTBEAT)
         self._listeners: list[ChangeListener] = []
+        # Changes wait here for the listener task: listeners take seconds (a rebalance hands
+        # rooms off), and the poll loop must keep noticing departures meanwhile.
+        self._changes: asyncio.Queue[tuple[set[str], set[str]]] = asyncio.Queue()
         self._tasks = TaskGroup("membership")
         self._poke = asyncio.Event()
         self._last_ok_loop_time = 0.0
@@ -88,6 +91,7 @@ class Membership:
             "heartbeat",
         )
         self._tasks.spawn(self._poll_loop(), "poll")
+        self._tasks.spawn(self._notify_loop(), "notify")
 
     async def stop(self) -> None:
         """Leave the cluster at once, so that nobody waits for our heartbeat to expire."""
@@ -178,9 +182,17 @@ class Membership:
         self.nodes = seen
         if joined or left:
             logger.info("membership: joined %s left %s", sorted(joined), sorted(left))
+            self._changes.put_nowait((joined, left))
+
+    async def _notify_loop(self) -> None:
+        """Tell listeners of each change, in order, outside the poll loop."""
+        while True:
+            joined, left = await self._changes.get()
             for listener in self._listeners:
                 try:
                     await listener(joined, left)
+                except asyncio.CancelledError:
+                    raise
                 except Exception:
                     logger.exception("membership listener failed")
 

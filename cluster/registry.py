@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from . import keys, scripts
+from .errors import LeaseTaken
 from .keys import RoomKeys
 
 logger = logging.getLogger("cluster.registry")
@@ -25,14 +26,6 @@ class Lease:
     slug: str
     node: str
     epoch: int
-
-
-class LeaseTaken(Exception):
-    def __init__(self, slug: str, owner: str, epoch: int) -> None:
-        super().__init__(f"room {slug!r} is owned by {owner}@{epoch}")
-        self.slug = slug
-        self.owner = owner
-        self.epoch = epoch
 
 
 class RoomRegistry:

@@ -7,13 +7,19 @@ lease has moved on, the append is refused and this server stops itself.
 The server keeps the room's hot state as an LWW map (``room_state``). Each change's delta goes to
 the room's state stream in the same atomic step as its event; snapshots compact the stream; a
 node that takes the room over rebuilds exactly this state from snapshot plus deltas.
+
+Every command that enters the queue is answered, whatever happens to the server: an ack, a
+``CommandError`` (refused: never retried), or a ``Retryable`` error (the router tries again, at
+this server after a resync or at the room's next owner). Nothing waits without a deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +28,13 @@ from . import events
 from .commands import Ack, Command, validate
 from .config import ClusterConfig
 from .crdt import MAX_COUNTER, Timestamp
-from .errors import CommandError, Fenced, NotOwner
+from .errors import (
+    TRANSIENT_REDIS_ERRORS,
+    CommandError,
+    Fenced,
+    NotOwner,
+    RoomUnavailable,
+)
 from .log import RoomClosed, RoomLog
 from .ratelimit import SlidingWindowLimiter
 from .registry import Lease
@@ -32,18 +44,50 @@ from .state_store import StateStore, delta_template, new_marker
 logger = logging.getLogger("cluster.room_server")
 
 Checkpoint = Callable[[str, int], Awaitable[None]]
+Clock = Callable[[], float]
 # Seqs are reserved outside Redis in blocks (hi/lo): before the room uses a seq above its
 # reservation it records a new one, ``RESERVE_BLOCK`` higher, in the database. If Redis ever
 # loses the room, the next owner starts above the reservation: seqs never go backwards.
 RESERVE_BLOCK = 100
 # Deltas between snapshots: bounds both the state stream and the rebuild time of a take-over.
 SNAPSHOT_EVERY = 200
+# Acks of recent commands kept in memory, so that a re-send is recognised without a Redis call
+# (Redis's dedupe keys still answer for older ones and for those of a previous owner).
+RECENT_ACKS = 10_000
+# How long ``stop`` lets the command in hand finish before cancelling it.
+STOP_GRACE_S = 2.0
+
+
+class RoomServerState(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    STOPPING = "stopping"  # finishing the command in hand; the queue is refused
+    STOPPED = "stopped"
+    FENCED = "fenced"  # the lease moved on: whatever we believe, we may not write
+    FAILED = "failed"  # crashed; the supervisor decides whether to restart
+
+
+_TRANSITIONS: dict[RoomServerState, frozenset[RoomServerState]] = {
+    RoomServerState.STARTING: frozenset(
+        {RoomServerState.SERVING, RoomServerState.FAILED, RoomServerState.STOPPED}
+    ),
+    RoomServerState.SERVING: frozenset(
+        {RoomServerState.STOPPING, RoomServerState.FENCED, RoomServerState.FAILED}
+    ),
+    RoomServerState.STOPPING: frozenset(
+        {RoomServerState.STOPPED, RoomServerState.FENCED, RoomServerState.FAILED}
+    ),
+    RoomServerState.STOPPED: frozenset(),
+    RoomServerState.FENCED: frozenset(),
+    RoomServerState.FAILED: frozenset(),
+}
 
 
 @dataclass
 class _Pending:
     command: Command
     future: asyncio.Future[Ack]
+    deadline: float | None  # loop time after which nobody waits for the answer
 
 
 class RoomServer:
@@ -56,6 +100,7 @@ class RoomServer:
         config: ClusterConfig,
         seq_floor: int = 0,
         checkpoint: Checkpoint | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.slug = lease.slug
         self.lease = lease
@@ -64,21 +109,57 @@ class RoomServer:
         self._config = config
         self._seq_floor = seq_floor
         self._checkpoint = checkpoint
+        self._clock = clock
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()  # None: stop
         self._limiter = SlidingWindowLimiter(*config.rate_limit)
+        self._recent: OrderedDict[tuple[str, str], Ack] = OrderedDict()
+        self._current: _Pending | None = None
+        # Set when Redis failed in the middle of a command: it may or may not have been
+        # applied, so the hot state is re-read from Redis before the next command.
+        self._uncertain = False
         self.state = RoomState(lease.node, config.state_window)
+        self.status = RoomServerState.STARTING
         self.last_seq = 0
         self._reserved = 0
         self._since_snapshot = 0
-        self.last_activity = time.monotonic()
-        self.accepting = True
+        self.last_activity = clock()
         self.task: asyncio.Task[None] | None = None
-        self.fenced = False
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _become(self, status: RoomServerState) -> None:
+        if status is self.status:
+            return
+        if status not in _TRANSITIONS[self.status]:
+            raise RuntimeError(f"room server {self.slug}: {self.status.value} -> {status.value}")
+        self.status = status
+
+    @property
+    def accepting(self) -> bool:
+        return self.status is RoomServerState.SERVING
+
+    @property
+    def fenced(self) -> bool:
+        return self.status is RoomServerState.FENCED
+
+    @property
+    def reserved(self) -> int:
+        """The seq reservation recorded outside Redis (see RESERVE_BLOCK)."""
+        return self._reserved
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Rebuild the hot state (snapshot + deltas, or the log), then serve."""
+        try:
+            await self._load()
+        except BaseException:
+            self._become(RoomServerState.FAILED)
+            raise
+        self._become(RoomServerState.SERVING)
+        self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"room:{self.slug}")
+
+    async def _load(self) -> None:
         in_redis = await self._log.last_seq(self.slug)
         reserved_in_redis = await self._log.reservation(self.slug)
         if reserved_in_redis < self._seq_floor:
@@ -91,8 +172,9 @@ class RoomServer:
         else:
             self.last_seq = in_redis
         self._reserved = max(self._seq_floor, reserved_in_redis)
+        self.state = RoomState(self.lease.node, self._config.state_window)
         await self._rebuild_state()
-        self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"room:{self.slug}")
+        self._uncertain = False
 
     async def _rebuild_state(self) -> None:
         stored = await self._store.read(self.slug)
@@ -105,38 +187,60 @@ class RoomServer:
             stamp = Timestamp(int(event.get("ts", 0)), int(event["seq"]) % MAX_COUNTER, "log")
             self.state.apply(self.state.delta_for(event, stamp))
 
-    async def submit(self, command: Command) -> Ack:
+    async def submit(self, command: Command, *, deadline: float | None = None) -> Ack:
+        """Queue ``command`` and wait for its answer, at most until ``deadline`` (loop time).
+
+        Raises CommandError (refused), or a Retryable error: NotOwner if this server does not
+        serve any more, RoomUnavailable if it could not answer in time.
+        """
         if not self.accepting:
             raise NotOwner(self.slug)
-        self.last_activity = time.monotonic()
-        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(command, future))
-        return await future
+        loop = asyncio.get_running_loop()
+        self.last_activity = self._clock()
+        future: asyncio.Future[Ack] = loop.create_future()
+        # The caller may stop waiting (its deadline): the answer must still be retrieved.
+        future.add_done_callback(_retrieve)
+        self._queue.put_nowait(_Pending(command, future, deadline))
+        if deadline is None:
+            return await asyncio.shield(future)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(future)
+        except TimeoutError:
+            raise RoomUnavailable(self.slug, "no answer before the deadline") from None
+
+    def fence(self) -> None:
+        """The cluster presumed us dead, or the lease moved on: stop writing at once."""
+        if self.status in (RoomServerState.SERVING, RoomServerState.STOPPING):
+            self._become(RoomServerState.FENCED)
+        self._fail_queued(NotOwner(self.slug))
+        if self.task is not None and not self.task.done():
+            self._queue.put_nowait(None)
 
     async def stop(self) -> None:
         """Stop taking commands, finish the one in hand, flush the state, refuse the rest
         (their senders retry at the next owner)."""
-        self.accepting = False
+        if self.status is RoomServerState.SERVING:
+            self._become(RoomServerState.STOPPING)
+        self._fail_queued(NotOwner(self.slug))
         if self.task is not None and not self.task.done():
-            await self._queue.put(None)
-            try:
-                async with asyncio.timeout(2.0):
-                    await asyncio.shield(self.task)
-            except (TimeoutError, Exception):
+            self._queue.put_nowait(None)
+            # asyncio.wait, not wait_for: our caller's own cancellation must go through.
+            await asyncio.wait({self.task}, timeout=STOP_GRACE_S)
+            if not self.task.done():
                 self.task.cancel()
-        self._refuse_queued()
-        if not self.fenced:
-            try:
-                await self.snapshot()
-            except Exception:
-                logger.warning(
-                    "could not flush the state of %s; the deltas still hold it", self.slug
-                )
+                await asyncio.wait({self.task}, timeout=STOP_GRACE_S)
+        self._fail_queued(NotOwner(self.slug))
+        if self.status is RoomServerState.STOPPING:
+            if not self._uncertain:
+                await self._flush_snapshot()
+            self._become(RoomServerState.STOPPED)
 
-    @property
-    def reserved(self) -> int:
-        """The seq reservation recorded outside Redis (see RESERVE_BLOCK)."""
-        return self._reserved
+    async def _flush_snapshot(self) -> None:
+        try:
+            await self.snapshot()
+        except Exception:
+            logger.warning("could not flush the state of %s; the deltas still hold it", self.slug)
 
     async def snapshot(self) -> None:
         self.state.compact(self.last_seq)
@@ -150,42 +254,89 @@ class RoomServer:
         if written:
             self._since_snapshot = 0
 
-    def _refuse_queued(self) -> None:
+    def _fail_queued(self, error: Exception) -> None:
         while not self._queue.empty():
             pending = self._queue.get_nowait()
             if pending is not None and not pending.future.done():
-                pending.future.set_exception(NotOwner(self.slug))
+                pending.future.set_exception(error)
 
     async def _serve(self) -> None:
-        while True:
-            pending = await self._queue.get()
-            if pending is None:
-                return
-            try:
-                ack = await self._handle(pending.command)
-            except Fenced as exc:
-                logger.warning("%s; stopping the room server", exc)
-                self.fenced = True
-                self.accepting = False
-                pending.future.set_exception(NotOwner(self.slug, exc.owner))
-                self._refuse_queued()
-                return
-            except Exception as exc:  # delivered to the caller; the server goes on
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-                if not isinstance(exc, CommandError):
-                    raise
-            else:
-                if not pending.future.done():
-                    pending.future.set_result(ack)
+        loop = asyncio.get_running_loop()
+        try:
+            while self.status in (RoomServerState.SERVING, RoomServerState.STOPPING):
+                pending = await self._queue.get()
+                if pending is None:
+                    return
+                if pending.future.done():
+                    continue
+                if pending.deadline is not None and loop.time() >= pending.deadline:
+                    # Its sender stopped waiting (and may have retried): running it now would
+                    # only spend the sender's rate-limit tokens on an answer nobody reads.
+                    pending.future.set_exception(RoomUnavailable(self.slug, "expired in queue"))
+                    continue
+                self._current = pending
+                await self._run(pending)
+                self._current = None
+        except asyncio.CancelledError:
+            if self._current is not None:
+                self._uncertain = True  # cut off mid-command: no snapshot from this state
+            self._answer_current(RoomUnavailable(self.slug, "room server stopped"))
+            raise
+        except BaseException as exc:
+            # A bug, not a refusal: answer, fail, and let the supervisor restart us from
+            # Redis (our in-memory state may be half-updated).
+            self._answer_current(CommandError("unavailable", "internal error; try again"))
+            if self.status in (RoomServerState.SERVING, RoomServerState.STOPPING):
+                self._become(RoomServerState.FAILED)
+            logger.error("room server %s failed", self.slug, exc_info=exc)
+            raise
+        finally:
+            # Whatever ended the loop, nobody stays queued: the router retries these.
+            self._fail_queued(NotOwner(self.slug))
+
+    def _answer_current(self, error: Exception) -> None:
+        current = self._current
+        if current is not None and not current.future.done():
+            current.future.set_exception(error)
+
+    async def _run(self, pending: _Pending) -> None:
+        try:
+            if self._uncertain:
+                await self._load()
+            ack = await self._handle(pending.command)
+        except CommandError as exc:
+            pending.future.set_exception(exc)
+        except Fenced as exc:
+            logger.warning("%s; stopping the room server", exc)
+            pending.future.set_exception(NotOwner(self.slug, exc.owner or None))
+            self.fence()
+        except TRANSIENT_REDIS_ERRORS as exc:
+            # The append may or may not have landed: re-read before the next command; the
+            # sender's retry (same client_id) is answered by the dedupe either way.
+            self._uncertain = True
+            pending.future.set_exception(RoomUnavailable(self.slug, f"Redis: {exc}"))
+        else:
+            pending.future.set_result(ack)
 
     # -- commands --------------------------------------------------------------------------
 
     async def _handle(self, command: Command) -> Ack:
         validate(command, max_body=self._config.max_body)
-        if not self._limiter.allow(command.user):
-            raise CommandError("rate_limited", "too many commands; slow down")
-        event = await self._event_for(command)
+        recent = self._recent.get((command.user, command.client_id))
+        if recent is not None:
+            return _duplicate(recent)
+        try:
+            if not self._limiter.allow(command.user):
+                raise CommandError("rate_limited", "too many commands; slow down")
+            event = await self._event_for(command)
+        except CommandError:
+            # A re-send of a command that was applied (by us before a restart, or by a
+            # previous owner) is acked again, even if it would be refused now: its target
+            # deleted since, the sender out of tokens (guarantee 3).
+            prior = await self._applied_before(command)
+            if prior is not None:
+                return prior
+            raise
         ts = self.state.clock.now()
         marker = new_marker(command.body, command.user, command.id)
         provisional = {**event, "seq": marker}
@@ -217,7 +368,24 @@ class RoomServer:
             self._since_snapshot += 1
             if self._since_snapshot >= SNAPSHOT_EVERY:
                 await self.snapshot()
-        return Ack(command.client_id, result.seq, result.id, result.duplicate)
+        ack = Ack(command.client_id, result.seq, result.id, result.duplicate)
+        self._remember(command, ack)
+        return ack
+
+    def _remember(self, command: Command, ack: Ack) -> None:
+        self._recent[(command.user, command.client_id)] = ack
+        if len(self._recent) > RECENT_ACKS:
+            self._recent.popitem(last=False)
+
+    async def _applied_before(self, command: Command) -> Ack | None:
+        if not command.client_id_given:
+            return None
+        found = await self._log.find_applied(self.slug, command.user, command.client_id)
+        if found is None:
+            return None
+        ack = Ack(command.client_id, found.seq, found.id, duplicate=True)
+        self._remember(command, ack)
+        return ack
 
     async def _event_for(self, command: Command) -> events.Event:
         now_ms = int(time.time() * 1000)
@@ -257,13 +425,18 @@ class RoomServer:
         found = self.state.message(message_id)
         if found is not None:
             return found
-        # Older than the window: read it, and any delete of it since, from the log.
-        seq = events.seq_of_message_id(message_id)
-        if seq is None:
+        # Older than the window: the log answers in O(1) calls (the original event, and
+        # whether a delete of it was ever appended), not by reading everything since.
+        original, deleted = await self._log.message(self.slug, message_id)
+        if original is None:
             return None
-        original = await self._log.read_one(self.slug, seq)
-        if original is None or original.get("type") != "message":
-            return None
-        later = await self._log.read_all(self.slug, after=seq, until=self.last_seq)
-        deleted = any(e.get("id") == message_id and e["type"] == "delete" for e in later.events)
         return {"user": original["user"], "body": original["body"], "deleted": deleted}
+
+
+def _duplicate(ack: Ack) -> Ack:
+    return Ack(ack.client_id, ack.seq, ack.id, duplicate=True)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -11,15 +11,20 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .commands import Ack, Command, validate
 from .config import ClusterConfig
-from .errors import CommandError, NotOwner
+from .errors import (
+    ERROR_CODES,
+    CommandError,
+    LeaseTaken,
+    NotOwner,
+    RoomUnavailable,
+    is_retryable,
+)
 from .membership import Membership
 from .placement import preferred_node
-from .registry import LeaseTaken, RoomRegistry
-from .rpc import Rpc, RpcTimeout, Unreachable
+from .registry import RoomRegistry
+from .rpc import Rpc
 from .supervisor import Supervisor
 
 logger = logging.getLogger("cluster.router")
@@ -47,6 +52,8 @@ class CommandRouter:
         self.remote = 0
 
     async def submit(self, slug: str, command: Command) -> Ack:
+        """The command's ack, or CommandError; always within ``send_timeout_ms`` (plus the
+        one attempt in flight at the deadline, itself bounded by it)."""
         validate(command, max_body=self._config.max_body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._config.send_timeout_ms / 1000
@@ -56,17 +63,22 @@ class CommandRouter:
         hints = 0
         while True:
             try:
-                return await self._attempt(
-                    slug, command, deadline - loop.time(), hint, handoff=hint_handoff
-                )
-            except (NotOwner, LeaseTaken, Unreachable, RpcTimeout, RedisError, OSError) as exc:
+                async with asyncio.timeout_at(deadline):
+                    return await self._attempt(slug, command, deadline, hint, handoff=hint_handoff)
+            except TimeoutError as exc:
+                # Our own deadline: the attempt in flight may still be applied later, which
+                # a re-send with the same client_id learns from the dedupe.
+                self._registry.invalidate(slug)
+                logger.warning("command for %s: no answer in time", slug)
+                raise _gave_up() from exc
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
                 self._registry.invalidate(slug)
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     logger.warning("command for %s gave up: %s", slug, exc)
-                    raise CommandError(
-                        "unavailable", "the room is moving or Redis is unreachable; retry"
-                    ) from exc
+                    raise _gave_up() from exc
                 self.retries += 1
                 if isinstance(exc, NotOwner) and exc.owner and hints < 3:
                     # The node we asked named the owner (or the successor of a hand-off in
@@ -83,36 +95,43 @@ class CommandRouter:
         self,
         slug: str,
         command: Command,
-        budget: float,
+        deadline: float,
         hint: str | None = None,
         *,
         handoff: bool = False,
     ) -> Ack:
         local = self._supervisor.get(slug)
         if local is not None:
-            return await local.submit(command)
+            return await local.submit(command, deadline=deadline)
         successor = self._supervisor.moving.get(slug)
         if successor is not None:  # we are handing the room to it: forward
-            return await self._remote(successor, slug, command, budget, handoff=True)
+            return await self._remote(successor, slug, command, deadline, handoff=True)
         if hint is not None and self._membership.is_live(hint):
-            return await self._remote(hint, slug, command, budget, handoff=handoff)
+            return await self._remote(hint, slug, command, deadline, handoff=handoff)
         lease = await self._registry.lookup(slug)
         if lease is not None and lease.node != self.node and self._membership.is_live(lease.node):
-            return await self._remote(lease.node, slug, command, budget)
+            return await self._remote(lease.node, slug, command, deadline)
         # Nobody owns the room, or its owner is dead: its preferred node takes it.
         presumed_dead = lease.node if lease is not None and lease.node != self.node else ""
         target = preferred_node(slug, self._membership.up) or self.node
         if target == self.node:
             server = await self._supervisor.activate(slug, presumed_dead=presumed_dead)
-            return await server.submit(command)
-        return await self._remote(target, slug, command, budget)
+            return await server.submit(command, deadline=deadline)
+        return await self._remote(target, slug, command, deadline)
 
     async def _remote(
-        self, node: str, slug: str, command: Command, budget: float, *, handoff: bool = False
+        self, node: str, slug: str, command: Command, deadline: float, *, handoff: bool = False
     ) -> Ack:
         self.remote += 1
+        budget = deadline - asyncio.get_running_loop().time()
         timeout = max(0.05, min(ATTEMPT_TIMEOUT_S, budget))
-        payload: dict[str, Any] = {"room": slug, "command": command.to_wire()}
+        # The owner drops the command if it is still queued when this attempt gives up: a
+        # retry is on its way by then, and the stale copy would only spend rate-limit tokens.
+        payload: dict[str, Any] = {
+            "room": slug,
+            "command": command.to_wire(),
+            "budget_ms": int(timeout * 1000),
+        }
         if handoff:
             payload["handoff"] = True
         reply = await self._rpc.call(node, "command", payload, timeout=timeout)
@@ -124,6 +143,10 @@ class CommandRouter:
             return {"error": "bad_request", "detail": f"unknown op {op!r}"}
         slug = str(payload["room"])
         command = Command.from_wire(payload["command"])
+        budget_ms = payload.get("budget_ms")
+        loop = asyncio.get_running_loop()
+        budget_s = budget_ms / 1000 if isinstance(budget_ms, int) else ATTEMPT_TIMEOUT_S
+        deadline = loop.time() + max(0.0, min(budget_s, self._config.send_timeout_ms / 1000))
         try:
             server = self._supervisor.get(slug)
             if server is None:
@@ -144,11 +167,17 @@ class CommandRouter:
                     server = await self._supervisor.activate(slug)
                 else:
                     server = await self._supervisor.activate(slug)
-            ack = await server.submit(command)
+            ack = await server.submit(command, deadline=deadline)
         except CommandError as exc:
             return {"error": exc.code, "detail": exc.detail}
-        except (NotOwner, LeaseTaken) as exc:
-            return {"error": "not_owner", "detail": str(exc)}
+        except NotOwner as exc:
+            return {"error": "not_owner", "owner": exc.owner, "detail": str(exc)}
+        except LeaseTaken as exc:
+            return {"error": "not_owner", "owner": exc.owner, "detail": str(exc)}
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            return {"error": "retry", "detail": str(exc)}
         return {"ack": ack.to_wire()}
 
 
@@ -157,7 +186,16 @@ def ack_from_reply(slug: str, reply: dict[str, Any]) -> Ack:
         return Ack.from_wire(reply["ack"])
     code = reply.get("error")
     if code == "not_owner":
-        raise NotOwner(slug, reply.get("owner"), handoff=bool(reply.get("handoff")))
-    if code in ("bad_request", "too_large", "rate_limited", "forbidden", "not_found"):
+        owner = reply.get("owner")
+        raise NotOwner(
+            slug, owner if isinstance(owner, str) else None, handoff=bool(reply.get("handoff"))
+        )
+    if code in ERROR_CODES:
+        # The owner refused (or failed) the command itself: the same answer for the client.
         raise CommandError(code, str(reply.get("detail", "")))
-    raise NotOwner(slug)  # "unavailable" on the owner: worth another try
+    # "retry" (the owner's room server stopped or Redis blinked there): worth another try.
+    raise RoomUnavailable(slug, str(reply.get("detail", "the owner asked for a retry")))
+
+
+def _gave_up() -> CommandError:
+    return CommandError("unavailable", "the room is moving or Redis is unreachable; retry")

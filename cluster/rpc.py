@@ -17,6 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from . import keys
+from .errors import NodeUnreachable, RpcTimeout
 from .hub import PubSubHub
 from .tasks import TaskGroup
 
@@ -25,12 +26,8 @@ logger = logging.getLogger("cluster.rpc")
 Handler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class Unreachable(Exception):
-    """Nobody listens on the node's inbox: it is gone."""
-
-
-class RpcTimeout(Exception):
-    pass
+# The names callers catch; both are Retryable.
+Unreachable = NodeUnreachable
 
 
 class Rpc:

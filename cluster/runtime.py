@@ -7,22 +7,24 @@ sockets with 1012) → ``stop()`` (leave, cancel every task). Everything it star
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from . import keys
 from .commands import Ack, Command
 from .config import ClusterConfig
 from .connection import async_redis
+from .errors import Draining, LeaseTaken
 from .fanout import Attachment, Fanout, Listener
 from .hub import PubSubHub
 from .log import LogRange, RoomLog
 from .membership import Membership
 from .placement import preferred_node
-from .registry import LeaseTaken, RoomRegistry
+from .registry import RoomRegistry
 from .router import CommandRouter
 from .rpc import Rpc
 from .state_store import StateStore
@@ -31,7 +33,24 @@ from .tasks import TaskGroup
 
 logger = logging.getLogger("cluster.runtime")
 
-RuntimeState = Literal["new", "running", "draining", "stopped"]
+
+class RuntimeState(enum.StrEnum):
+    """A node's lifecycle. String-valued so that JSON and log lines show the plain name."""
+
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+_TRANSITIONS: dict[RuntimeState, frozenset[RuntimeState]] = {
+    RuntimeState.NEW: frozenset({RuntimeState.STARTING, RuntimeState.STOPPED}),
+    RuntimeState.STARTING: frozenset({RuntimeState.RUNNING, RuntimeState.STOPPED}),
+    RuntimeState.RUNNING: frozenset({RuntimeState.DRAINING, RuntimeState.STOPPED}),
+    RuntimeState.DRAINING: frozenset({RuntimeState.STOPPED}),
+    RuntimeState.STOPPED: frozenset(),
+}
 CLOSE_DRAINING = 1012
 SOCKET_CLOSE_WAIT_S = 3.0
 HANDOFF_CONFIRM_S = 2.0  # a successor that takes longer gets the room on first use instead
@@ -56,7 +75,7 @@ class ClusterRuntime:
     config: ClusterConfig
     redis_url: str
     hooks: RuntimeHooks = field(default_factory=RuntimeHooks)
-    state: RuntimeState = "new"
+    state: RuntimeState = RuntimeState.NEW
 
     def __post_init__(self) -> None:
         self.node = self.config.node_name
@@ -103,7 +122,19 @@ class ClusterRuntime:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def _become(self, state: RuntimeState) -> None:
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"runtime {self.node}: {self.state} -> {state}")
+        logger.debug("runtime %s: %s -> %s", self.node, self.state, state)
+        self.state = state
+
+    @property
+    def accepting_sockets(self) -> bool:
+        """New sockets are welcome (not starting, draining or stopped)."""
+        return self.state is RuntimeState.RUNNING
+
     async def start(self) -> None:
+        self._become(RuntimeState.STARTING)
         await self.hub.start()
         await self.hub.subscribe(keys.CLUSTER_CHANNEL, self._on_cluster_message)
         await self.rpc.start()
@@ -114,14 +145,14 @@ class ClusterRuntime:
         self.fanout.start()
         await self.membership.start()
         await self.supervisor.start()
-        self.state = "running"
+        self._become(RuntimeState.RUNNING)
         logger.info("node %s joined the cluster (%d live)", self.node, len(self.membership.live))
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop taking traffic, hand every room off, close sockets with 1012."""
-        if self.state != "running":
+        if self.state is not RuntimeState.RUNNING:
             return
-        self.state = "draining"
+        self._become(RuntimeState.DRAINING)
         timeout = timeout_s if timeout_s is not None else self.config.drain_timeout_s
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -145,9 +176,9 @@ class ClusterRuntime:
             await asyncio.sleep(0.02)
 
     async def stop(self) -> None:
-        if self.state == "stopped":
+        if self.state is RuntimeState.STOPPED:
             return
-        self.state = "stopped"
+        self._become(RuntimeState.STOPPED)
         await self._tasks.stop()
         await self.supervisor.stop()
         await self.fanout.stop()
@@ -159,7 +190,7 @@ class ClusterRuntime:
     @property
     def ready(self) -> bool:
         return (
-            self.state == "running"
+            self.state is RuntimeState.RUNNING
             and self.membership.healthy
             and self.hub.connected.is_set()
             and self.membership.seconds_since_healthy() < self.config.lease_ttl_ms / 1000
@@ -190,7 +221,8 @@ class ClusterRuntime:
         return await self.fanout.online(slugs)
 
     async def cluster_view(self) -> dict[str, Any]:
-        await self.membership.refresh()
+        # From the membership the poll loop keeps (at most a poll interval old): an HTTP
+        # request must not run a refresh, and with it rebalances and hand-offs.
         nodes = [
             {
                 "name": info.name,
@@ -222,6 +254,8 @@ class ClusterRuntime:
                 )
             except LeaseTaken as taken:
                 return {"error": "not_owner", "owner": taken.owner}
+            except Draining:
+                return {"error": "not_owner", "owner": None}
             return {"ok": True}
         return await self.router.serve(op, payload)
 

@@ -16,11 +16,12 @@ from typing import Any
 
 from . import keys
 from .config import ClusterConfig
+from .errors import CommandError, Draining, LeaseTaken
 from .log import RoomLog
 from .membership import Membership
 from .placement import preferred_node
-from .registry import LeaseTaken, RoomRegistry
-from .room_server import Checkpoint, RoomServer
+from .registry import RoomRegistry
+from .room_server import Checkpoint, Clock, RoomServer
 from .state_store import StateStore
 from .tasks import TaskGroup, run_forever
 
@@ -32,6 +33,10 @@ RequestClaim = Callable[[str, str, int], Awaitable[None]]  # (successor, room, r
 
 MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
 RESTART_WINDOW_S = 30.0
+RESTART_BACKOFF_S = 0.1  # the first restart waits this long, each next one twice as long
+# A room released after a crash loop is not taken again here for this long: commands for it
+# are answered "unavailable" at once instead of feeding the loop.
+QUARANTINE_S = 30.0
 HANDOFF_CONCURRENCY = 4  # rooms in hand-off at once (drain, rebalance): each pauses only briefly
 SWEEP_INTERVAL_S = 2.0
 
@@ -49,6 +54,7 @@ class Supervisor:
         checkpoint: Checkpoint | None,
         room_is_idle: RoomIsIdle,
         request_claim: RequestClaim | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.node = config.node_name
         self._config = config
@@ -60,6 +66,8 @@ class Supervisor:
         self._checkpoint = checkpoint
         self._room_is_idle = room_is_idle
         self._request_claim = request_claim
+        self._clock = clock
+        self._quarantined: dict[str, float] = {}  # room -> clock time until which it is refused
         self.servers: dict[str, RoomServer] = {}
         # Rooms being handed off right now -> their successor (commands go there meanwhile).
         self.moving: dict[str, str] = {}
@@ -95,7 +103,10 @@ class Supervisor:
     async def activate(
         self, slug: str, *, presumed_dead: str = "", reserved_hint: int | None = None
     ) -> RoomServer:
-        """Own ``slug`` here (claiming its lease) and serve it; raises LeaseTaken.
+        """Own ``slug`` here (claiming its lease) and serve it.
+
+        Raises LeaseTaken (a live node owns it), Draining, or CommandError("unavailable") for
+        a room quarantined after a crash loop.
 
         ``reserved_hint``: the seq reservation a handing-off owner had; when Redis still holds
         it, the database need not be asked for the seq floor.
@@ -104,7 +115,12 @@ class Supervisor:
         if server is not None:
             return server
         if self.draining:
-            raise LeaseTaken(slug, "", 0)
+            raise Draining(self.node)
+        until = self._quarantined.get(slug)
+        if until is not None:
+            if self._clock() < until:
+                raise CommandError("unavailable", "this room keeps failing here; try later")
+            del self._quarantined[slug]
         pending = self._activating.get(slug)
         if pending is None:
             pending = asyncio.get_running_loop().create_task(
@@ -134,6 +150,7 @@ class Supervisor:
             config=self._config,
             seq_floor=floor,
             checkpoint=self._checkpoint,
+            clock=self._clock,
         )
         try:
             await server.start()
@@ -164,21 +181,28 @@ class Supervisor:
                 self.servers.pop(server.slug, None)
             return
         logger.error("room server %s crashed", server.slug, exc_info=task.exception())
-        now = time.monotonic()
+        now = self._clock()
         crashes = [t for t in self._crashes.get(server.slug, []) if t > now - RESTART_WINDOW_S]
         crashes.append(now)
         self._crashes[server.slug] = crashes
         self.servers.pop(server.slug, None)
         if len(crashes) > MAX_RESTARTS:
-            logger.error("room %s crashed %d times; releasing it", server.slug, len(crashes))
+            logger.error(
+                "room %s crashed %d times in %.0fs; releasing it for %.0fs",
+                server.slug, len(crashes), RESTART_WINDOW_S, QUARANTINE_S,
+            )  # fmt: skip
+            self._quarantined[server.slug] = now + QUARANTINE_S
+            self._crashes.pop(server.slug, None)
             self._tasks.spawn(self._retire(server, successor=None), f"retire:{server.slug}")
         else:
-            self._tasks.spawn(self._restart(server.slug), f"restart:{server.slug}")
+            delay = RESTART_BACKOFF_S * 2 ** (len(crashes) - 1)
+            self._tasks.spawn(self._restart(server.slug, delay), f"restart:{server.slug}")
 
-    async def _restart(self, slug: str) -> None:
+    async def _restart(self, slug: str, delay: float) -> None:
+        await asyncio.sleep(delay)
         try:
             await self.activate(slug)
-        except LeaseTaken:
+        except (LeaseTaken, Draining, CommandError):
             pass
 
     async def _retire(self, server: RoomServer, *, successor: str | None) -> None:
@@ -221,7 +245,8 @@ class Supervisor:
         servers = list(self.servers.values())
         self.servers.clear()
         for server in servers:
-            server.accepting = False
+            server.fence()
+        for server in servers:
             await server.stop()
 
     async def drain(self) -> None:
@@ -283,7 +308,7 @@ class Supervisor:
         await self._handoff_all([(slug, preferred_node(slug, up)) for slug in moving])
 
     async def _passivate_idle(self) -> None:
-        cutoff = time.monotonic() - self._config.room_idle_s
+        cutoff = self._clock() - self._config.room_idle_s
         for slug, server in list(self.servers.items()):
             if server.last_activity < cutoff and await self._room_is_idle(slug):
                 logger.info("passivating idle room %s", slug)
