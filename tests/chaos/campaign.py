@@ -123,7 +123,7 @@ async def campaign(args: argparse.Namespace) -> int:
         await run.start()
         await run.until_acked(10, timeout_s=60)
         started = now()
-        names = list(MENU)
+        names = args.faults or list(MENU)
         weights = [MENU[n][0] for n in names]
         while now() - started < args.duration:
             await asyncio.sleep(args.fault_every * (0.5 + rng.random()))
@@ -177,6 +177,14 @@ def _rss(world: World) -> dict[str, int]:
     return out
 
 
+def _fault_names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in MENU]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown faults {unknown}; known: {', '.join(MENU)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=600.0, help="seconds of faults")
@@ -188,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lease-ms", type=int, default=1500)
     parser.add_argument("--send-timeout-ms", type=int, default=3000)
     parser.add_argument("--keep", action="store_true", help="keep logs even when it passes")
+    parser.add_argument("--faults", type=_fault_names, default=None,
+                        help="comma-separated subset of: " + ", ".join(MENU))  # fmt: skip
     args = parser.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 2**31)

@@ -73,18 +73,18 @@ class Run:
         await world.wait_ready(60)
         await asyncio.gather(*(c.settle(settle_s) for c in self.clients))
         logs = {room: await world.log(room) for room in world.settings.rooms}
-        # Connected clients catch up to the log's end; presence converges.
-        for client in self.clients:
-            log = logs[client.room]
-            end = int(log[-1]["seq"]) if log else 0
-            await client.wait_until(lambda c=client, e=end: c.last_seq >= e, 10)
+        # Connected clients catch up to the log's end; presence converges (both bounded).
+        ends = {room: int(log[-1]["seq"]) if log else 0 for room, log in logs.items()}
+        await asyncio.gather(
+            *(c.wait_until(lambda c=c: c.last_seq >= ends[c.room], 10) for c in self.clients)
+        )
         limit = world.settings.lease_ms / 1000 + 2 + PRESENCE_SLACK_S
-        deadline = now() + limit
-        for client in self.clients:
-            await client.wait_until(
-                lambda c=client: c.presence == self.users_in(c.room),
-                max(0.1, deadline - now()),
+        await asyncio.gather(
+            *(
+                c.wait_until(lambda c=c: c.presence == self.users_in(c.room), limit)
+                for c in self.clients
             )
+        )
         logs = {room: await world.log(room) for room in world.settings.rooms}
         rules = Rules(
             answer_budget_s=world.settings.answer_budget_s,

@@ -1,5 +1,6 @@
 """The randomized campaign, very short: it runs end to end, prints its seed, and its checker
-finds nothing."""
+finds nothing. Its menu leaves out the faults whose own tests are marked xfail today (Redis
+restarted empty, Redis black-holed); `scripts/chaos` runs them all."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ from tests.chaos import campaign
 pytestmark = [pytest.mark.cluster]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 8 holes 5, 6, 9, 11: seq skips on take-over, presence after a false death, "
-    "late answers while Redis is unreachable, seqs reused after Redis loses everything",
-)
+MENU = "kill owner,kill non-owner,drain,pause owner,redis restart (AOF),slow redis,client churn"
+
+
 def test_a_short_campaign_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code = campaign.main(
         ["--duration", "12", "--seed", "3", "--nodes", "2", "--rooms", "2", "--clients", "2",
-         "--fault-every", "3"]
+         "--fault-every", "3", "--faults", MENU]
     )  # fmt: skip
     out = capsys.readouterr().out
     print(out)
