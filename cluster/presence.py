@@ -175,9 +175,9 @@ class Presence:
 
     def leave(self, slug: str, user: str) -> bool:
         """One socket of ``user`` fewer here; True if it was the user's last one here."""
-        room = self.rooms[slug]
-        if room.local[user] <= 0:
-            return False
+        room = self.rooms.get(slug)
+        if room is None or room.local[user] <= 0:
+            return False  # (after ``stop``, which cleared our entries already)
         room.local[user] -= 1
         if room.local[user] == 0:
             del room.local[user]
@@ -187,7 +187,9 @@ class Presence:
     async def write(self, slug: str, user: str, *, announce: bool) -> None:
         """Write our absolute count of ``user`` in ``slug`` (HSET n, HDEL at 0), then announce
         it if asked. Never raises but for cancellation: a failed write is repaired."""
-        room = self.rooms[slug]
+        room = self.rooms.get(slug)
+        if room is None:
+            return
         key = RoomKeys(room.slug).presence
         count = room.local.get(user, 0)
         try:
