@@ -35,8 +35,9 @@ logger = logging.getLogger("cluster.seq_recovery")
 
 # Seqs reserved in the database at a time (hi/lo): one database write per block of appends.
 RESERVE_BLOCK = 100
-# How long the seq knowledge of live nodes is waited for before deciding without the silent.
-ASK_NODES_TIMEOUT_S = 1.0
+# How long the seq knowledge of live nodes is waited for before deciding without the silent
+# (a dead owner is not asked at all; this bounds a slow live node's share of a take-over).
+ASK_NODES_TIMEOUT_S = 0.5
 
 AskAll = Callable[[str], Awaitable[list[int]]]  # slug -> highest seq each live node knows
 LoadReservation = Callable[[str], Awaitable[int]]  # slug -> the database's reservation
@@ -57,15 +58,23 @@ def start_position(
     redis_reserved: int,
     db_reserved: int,
     nodes_known: int = 0,
+    predecessor_last: int | None = None,
     block: int = RESERVE_BLOCK,
 ) -> StartPosition:
     """Where a room goes on, from what Redis, the database and live nodes know.
 
     ``redis_last``: the highest seq Redis holds (counter or last log entry); ``redis_reserved``:
     its reservation; ``db_reserved``: the database's (0: none, or no database);
-    ``nodes_known``: the highest seq any live node has seen (0: none).
+    ``nodes_known``: the highest seq any live node has seen (0: none); ``predecessor_last``: in
+    a planned hand-off, the last seq the previous owner issued before it stopped (None: not a
+    hand-off). It knows exactly: if Redis holds that seq it holds everything before it too.
     """
     reserved = max(redis_reserved, db_reserved)
+    if predecessor_last is not None:
+        if redis_last >= predecessor_last and nodes_known <= redis_last:
+            return StartPosition(redis_last, reserved, False, "Redis holds all the owner issued")
+        known = max(nodes_known, predecessor_last)
+        return _lost(redis_last, reserved, db_reserved, known, "Redis lost the owner's last seqs")
     if nodes_known > redis_last:
         # A live node saw a seq Redis does not hold: Redis lost a suffix of the room.
         return _lost(redis_last, reserved, db_reserved, nodes_known, "nodes saw more than Redis")
@@ -111,17 +120,21 @@ async def recover_start(
     *,
     load_reservation: LoadReservation | None,
     ask_all: AskAll | None,
+    predecessor_last: int | None = None,
     timeout_s: float = ASK_NODES_TIMEOUT_S,
     block: int = RESERVE_BLOCK,
 ) -> StartPosition:
     """Decide where ``slug`` goes on; call it holding the room's lease, before serving.
+
+    ``predecessor_last``: in a planned hand-off, the previous owner's last seq (it stopped
+    serving before releasing the lease); the nodes need not be asked then.
 
     When seqs were lost, Redis's counter is raised to the new position first: the log records
     the jump (readers see the seqs in between as missing), and a later owner starts above it.
     """
     # Nodes first: what they saw was appended before our claim fenced the previous owner, so
     # Redis, read afterwards, holds it unless Redis lost it.
-    known = await nodes_known(slug, ask_all, timeout_s)
+    known = 0 if predecessor_last is not None else await nodes_known(slug, ask_all, timeout_s)
     redis_last, redis_reserved = await log.seq_state(slug)
     db_reserved = await load_reservation(slug) if load_reservation is not None else 0
     position = start_position(
@@ -129,6 +142,7 @@ async def recover_start(
         redis_reserved=redis_reserved,
         db_reserved=db_reserved,
         nodes_known=known,
+        predecessor_last=predecessor_last,
         block=block,
     )
     if position.lost:

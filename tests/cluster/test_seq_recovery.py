@@ -87,12 +87,35 @@ def test_without_a_database_redis_and_the_nodes_decide() -> None:
     assert decide(0, 0, 0, known=40) == (40, True)
 
 
+def test_a_planned_hand_off_trusts_redis_when_it_holds_the_owner_s_last_seq() -> None:
+    def handed(last: int, r_redis: int, r_db: int, predecessor: int) -> tuple[int, bool]:
+        p = start_position(
+            redis_last=last, redis_reserved=r_redis, db_reserved=r_db, predecessor_last=predecessor
+        )
+        return p.last_seq, p.lost
+
+    assert handed(150, 200, 200, 150) == (150, False)
+    assert handed(200, 200, 300, 200) == (200, False)  # reserved, unused: no seq skipped
+    assert handed(150, 0, 200, 150) == (150, False)  # the counter survived a flush (raised)
+    assert handed(120, 200, 200, 150) == (200, True)  # Redis lost the owner's last appends
+    assert handed(0, 0, 200, 150) == (200, True)
+
+
 def test_exhaustive_invariants_over_a_grid() -> None:
     values = range(0, 7)
-    for last, r_redis, r_db, known in itertools.product(values, repeat=4):
+    predecessors = (None, *values)
+    for last, r_redis, r_db, known, pred in itertools.product(
+        values, values, values, values, predecessors
+    ):
         p = start_position(
-            redis_last=last, redis_reserved=r_redis, db_reserved=r_db, nodes_known=known, block=2
+            redis_last=last,
+            redis_reserved=r_redis,
+            db_reserved=r_db,
+            nodes_known=known,
+            predecessor_last=pred,
+            block=2,
         )
+        assert p.last_seq >= (pred or 0)
         assert p.last_seq >= max(last, known)  # never backwards, never below a witness
         if p.lost:
             assert p.last_seq >= r_db  # everything possibly issued lies below
@@ -140,6 +163,16 @@ def test_no_acked_seq_is_reissued_unless_redis_and_every_witness_lost_it() -> No
                 case = (appends, crash, kept, known, p)
                 if p.last_seq < appends:
                     assert kept < appends and known < appends, case  # only a double fault
+                handed = start_position(
+                    redis_last=kept,
+                    redis_reserved=redis_reserved,
+                    db_reserved=db_reserved,
+                    predecessor_last=appends,
+                    block=block,
+                )
+                assert handed.last_seq >= appends, case  # a hand-off: the owner knows
+                assert handed.lost == (kept < appends), case
+                assert handed.lost or handed.last_seq == appends, case
                 if kept == appends and appends == 0 and crash:
                     # A room's first block, recorded, unused: indistinguishable from a Redis
                     # that lost a young room with every node; the room starts above the block.
