@@ -171,13 +171,14 @@ class RoomLog:
         """Events with ``seq > after``, oldest first, at most ``limit``; with the holes among
         them (see LogRange). A full page ends at its last event; a shorter one at last_seq."""
         k = RoomKeys(slug)
-        # One MULTI: the counter and the entries from the same instant, or an append between
-        # the reads would look like a hole.
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # The counter first: every seq up to it was appended (with its event, atomically)
+        # before it was read, so the entries read next hold them; an append in between only
+        # adds entries above it, never a false hole.
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(k.seq)
             pipe.xrange(k.log, min=f"{after + 1}-0", max="+", count=limit)
             pipe.xrange(k.log, min="-", max="+", count=1)
-            pipe.get(k.seq)
-            entries, first, last_raw = await pipe.execute()
+            last_raw, entries, first = await pipe.execute()
         last_seq = int(last_raw or 0)
         decoded = [events.decode(events.seq_of_stream_id(i), f["e"]) for i, f in entries]
         if decoded:
@@ -222,7 +223,7 @@ class RoomLog:
     async def seq_state(self, slug: str) -> tuple[int, int]:
         """(the highest seq Redis holds for the room, the reservation it holds), read at once."""
         k = RoomKeys(slug)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(k.seq)
             pipe.xrevrange(k.log, count=1)
             pipe.get(k.reserved)

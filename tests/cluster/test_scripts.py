@@ -323,3 +323,28 @@ async def test_read_reports_a_lost_tail_and_a_trimmed_head(redis: Redis) -> None
     empty = await log.read("r", after=9)
     assert empty.events == [] and empty.missing == [] and empty.upto == 9
     assert (await log.read_all("r", after=9, until=50)).upto == 9
+
+
+async def test_reads_racing_appends_never_see_a_false_hole(redis_url: str) -> None:
+    writer = Redis.from_url(redis_url, decode_responses=True)
+    reader = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        write_log = RoomLog(writer, history_limit=10_000, dedupe_ttl_s=60)
+        read_log = RoomLog(reader, history_limit=10_000, dedupe_ttl_s=60)
+        lease = await RoomRegistry(writer, "n1").claim("r")
+
+        async def append_many() -> None:
+            for i in range(300):
+                await append_as(write_log, lease.epoch, f"r{i}")
+
+        appending = asyncio.create_task(append_many())
+        reads = 0
+        while not appending.done() or reads == 0:
+            page = await read_log.read("r", after=0, limit=1000)
+            assert page.missing == [], page.missing
+            reads += 1
+        await appending
+        assert reads > 1
+    finally:
+        await writer.aclose()
+        await reader.aclose()
