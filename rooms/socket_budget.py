@@ -17,7 +17,8 @@ from typing import Any, Protocol
 from chatsite.daphne_compat import TRANSPORT_EXTENSION
 
 STALL_S = 5.0  # no progress at all for this long while over the high water mark: stopped
-POLL_S = 0.05  # how often a waiting socket looks at its transport's backlog
+POLL_S = 0.05  # how often a waiting socket looks at its transport's backlog, at most
+FIRST_POLL_S = 0.002  # a client that reads at once is not held up by the first look
 
 
 class Backlog(Protocol):
@@ -63,6 +64,7 @@ class SendBudget:
         loop = asyncio.get_running_loop()
         lowest = self.buffered()
         deadline = loop.time() + STALL_S
+        delay = FIRST_POLL_S
         while True:
             if give_up():
                 return False
@@ -74,4 +76,5 @@ class SendBudget:
                 deadline = loop.time() + STALL_S
             elif loop.time() >= deadline:
                 raise SocketStalled(now)
-            await asyncio.sleep(POLL_S)
+            await asyncio.sleep(delay)
+            delay = min(POLL_S, delay * 2)
