@@ -178,7 +178,10 @@ class Membership:
             await self.redis.zrem(keys.NODES, *stale)
             await self.redis.hdel(keys.NODE_INFO, *stale)
         joined = set(seen) - set(self.nodes)
-        left = set(self.nodes) - set(seen)
+        # Never ourselves: a poll that runs before our own late heartbeat (a frozen loop) must
+        # not make this node sweep its own rooms as a dead node's. If the cluster did presume
+        # us dead, the heartbeat says "lost" and on_lost handles it.
+        left = set(self.nodes) - set(seen) - {self.name}
         self.nodes = seen
         if joined or left:
             logger.info("membership: joined %s left %s", sorted(joined), sorted(left))
