@@ -115,6 +115,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.known_seq = 0  # the highest seq this socket has heard of
         self.behind = False  # durable events were skipped: the send loop reads them from the log
         self.presence: set[str] = set()
+        self.early_presence: list[Frame] = []  # presence frames that came before the snapshot
         self.presence_stale = False  # a presence_diff was dropped: send a fresh presence_state
         self.last_typing = 0.0
         self.page_events = PAGE_EVENTS
@@ -155,6 +156,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # From here on a failure still detaches: connect's handlers call _release.
         last_seq = attachment.last_seq
         self.presence = set(attachment.users)
+        for early in self.early_presence:  # delivered while attaching: in order, on top
+            self._apply_presence(early)
+        self.early_presence = []
         await self._greet(last_seq, attachment.users)
         if after is None:
             self.sent_seq = last_seq
@@ -210,16 +214,21 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.behind = True  # the send loop reads it from the log, even if nothing follows
             self.known_seq = seq
         elif kind in ("presence_diff", "presence_state"):
-            if kind == "presence_state":
-                self.presence = set(frame.get("users", ()))
-            else:
-                self.presence.difference_update(frame.get("leaves", ()))
-                self.presence.update(frame.get("joins", ()))
+            self._apply_presence(frame)
+            if self.phase == "admitting":
+                self.early_presence.append(frame)
             if self.presence_stale or not self.outbox.offer(frame):
                 self.presence_stale = True  # replaced by a presence_state from self.presence
         elif not self.outbox.offer(frame):
             return  # typing: ephemeral, dropped when the socket is behind
         self.wake.set()
+
+    def _apply_presence(self, frame: Frame) -> None:
+        if frame.get("type") == "presence_state":
+            self.presence = set(frame.get("users", ()))
+        else:
+            self.presence.difference_update(frame.get("leaves", ()))
+            self.presence.update(frame.get("joins", ()))
 
     def request_close(self, code: int) -> None:
         """Close the socket with ``code`` soon (the fan-out's drain asks for 1012)."""
