@@ -153,7 +153,8 @@ async def campaign(args: argparse.Namespace) -> int:
         if ok and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            print(f"node logs and Redis files kept in {tmp}")
+            print(f"node logs, Redis files and history.json kept in {tmp} "
+                  f"(check again: python -m tests.chaos.checker {tmp}/history.json)")  # fmt: skip
         print(f"chaos campaign seed {args.seed}: {'PASSED' if ok else 'FAILED'}", flush=True)
     return 0 if ok else 1
 

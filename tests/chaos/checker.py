@@ -17,18 +17,48 @@ It prints counts and, on failure, the first offending records.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import itertools
 import json
+import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.chaos.recorder import CLOSE, COMMAND, CONNECT, CONNECT_FAILED, DURABLE, RECV, Record
 
 Frame = dict[str, Any]
 COMPARED = ("type", "id", "user", "body", "client_id")
-SHOWN = 10
+SHOWN_PER_KIND = 3
+# A violation's kind, from its text: the summary counts by kind and shows the first of each.
+KINDS = (
+    ("events API out of order", "log out of order"),
+    ("events API has a hole", "hole in the log"),
+    ("events API starts at", "hole in the log"),
+    ("gap frame with no fault", "gap without a loss"),
+    ("duplicate or reorder", "duplicate or reorder"),
+    ("without a gap frame", "silent jump"),
+    ("different events under seq", "seq reused"),
+    ("another event than the events API", "seq reused"),
+    ("holds another event", "seq reused"),
+    ("the events API lacks it", "seen, then missing from the log"),
+    ("is connected but saw up to", "not caught up"),
+    ("command unanswered", "unanswered"),
+    ("command answered after", "answered late"),
+    ("neither an ack nor a final error", "never answered"),
+    ("times", "applied twice"),
+    ("never acked", "refused after it was applied"),
+    ("acked with different seqs", "acks disagree"),
+    ("is not in the log", "acked, then lost"),
+    ("presence", "presence"),
+)
+
+
+def kind_of(what: str) -> str:
+    return next((kind for text, kind in KINDS if text in what), "other")
 
 
 @dataclass(frozen=True)
@@ -41,23 +71,31 @@ class Excuse:
     end: float
 
 
+@dataclass(frozen=True)
+class Loss:
+    """Redis lost data at ``at``: what was written from ``since`` on may be gone. A Redis
+    restarted empty loses everything before it; a promoted replica only what it had not
+    received. Guarantee 8: a loss is allowed, a reused seq or a silent hole is not."""
+
+    at: float
+    since: float = float("-inf")
+
+
 @dataclass
 class Rules:
     answer_budget_s: float  # CHAT_SEND_TIMEOUT_MS / 1000 + 1
-    loss_at: list[float] = field(default_factory=list)  # when Redis may have lost data
+    losses: list[Loss] = field(default_factory=list)
     excuses: list[Excuse] = field(default_factory=list)
-    # How long before a loss an acked event may still be lost: the database archive is written
-    # behind the Redis log, "never more than a few seconds behind" (DESIGN.md); anything older
-    # must survive any Redis loss. None: any event acked before a loss may be lost.
-    loss_window_s: float | None = None
     check_presence: bool = True
     require_caught_up: bool = True  # connected clients saw the log up to its end
     end: float | None = None  # when the history ends (default: its last record)
 
     def loss_after(self, t: float) -> bool:
         """Could something that happened at ``t`` be lost by a later loss of Redis data?"""
-        window = self.loss_window_s
-        return any(lost >= t and (window is None or lost - t <= window) for lost in self.loss_at)
+        return any(loss.since <= t <= loss.at for loss in self.losses)
+
+    def loss_before(self, t: float) -> bool:
+        return any(loss.at <= t for loss in self.losses)
 
 
 @dataclass
@@ -101,10 +139,15 @@ class Report:
             f"unanswered {c['unanswered']}, presence ghosts {c['ghosts']}, "
             f"presence missing {c['presence_missing']}",
         ]
-        for v in self.violations[:SHOWN]:
-            lines.append(v.describe())
-        if len(self.violations) > SHOWN:
-            lines.append(f"  ... and {len(self.violations) - SHOWN} more")
+        kinds = Counter(kind_of(v.what) for v in self.violations)
+        if kinds:
+            lines.append("  violations by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
+        shown: Counter[str] = Counter()
+        for v in self.violations:  # the first offending records of each kind
+            kind = kind_of(v.what)
+            shown[kind] += 1
+            if shown[kind] <= SHOWN_PER_KIND:
+                lines.append(v.describe())
         return "\n".join(lines)
 
     def error_codes(self) -> Counter[str]:
@@ -172,10 +215,10 @@ class _RoomCheck:
             if b <= a:
                 self.fail(f"events API out of order: seq {b} after {a}", events=self.log[i : i + 2])
                 return
-            if b != a + 1 and not self.rules.loss_at:
+            if b != a + 1 and not self.rules.losses:
                 self.fail(f"events API has a hole: {a} then {b}", events=self.log[i : i + 2])
                 return
-        if seqs and seqs[0] != 1 and not self.rules.loss_at:
+        if seqs and seqs[0] != 1 and not self.rules.losses:
             self.fail(f"events API starts at seq {seqs[0]}", events=self.log[:1])
 
     # -- what each client saw ---------------------------------------------------------------
@@ -204,7 +247,7 @@ class _RoomCheck:
             elif kind == "gap":
                 self.count["gaps"] += 1
                 first = int(r.frame.get("first_available", 0))
-                if not any(t <= r.t for t in self.rules.loss_at):
+                if not self.rules.loss_before(r.t):
                     self.fail("gap frame with no fault that could lose data before it", [r])
                 gap = (first, r)
             elif kind in DURABLE:
@@ -417,3 +460,40 @@ def _open_at_end(records: list[Record]) -> bool:
         if r.kind == RECV and r.frame and r.frame.get("type") == "hello":
             return True
     return False
+
+
+# -- a run kept on disk, checked again later (python -m tests.chaos.checker FILE) -----------
+
+
+def save(path: Path, records: Iterable[Record], logs: dict[str, list[Frame]], rules: Rules) -> None:
+    data = {
+        "records": [dataclasses.asdict(r) for r in records],
+        "logs": logs,
+        "rules": {
+            **dataclasses.asdict(rules),
+            "losses": [[loss.at, loss.since] for loss in rules.losses],
+        },
+    }
+    path.write_text(json.dumps(data, ensure_ascii=False))
+
+
+def load(path: Path) -> tuple[list[Record], dict[str, list[Frame]], Rules]:
+    data = json.loads(path.read_text())
+    rules = data["rules"]
+    rules["losses"] = [Loss(at, since) for at, since in rules["losses"]]
+    rules["excuses"] = [Excuse(**e) for e in rules["excuses"]]
+    return [Record(**r) for r in data["records"]], data["logs"], Rules(**rules)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check a saved chaos history again.")
+    parser.add_argument("history", type=Path, help="history.json from a campaign's directory")
+    args = parser.parse_args(argv)
+    records, logs, rules = load(args.history)
+    report = check(records, logs, rules)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,10 +12,12 @@ import signal
 import subprocess
 from collections.abc import Awaitable, Callable
 
-from tests.chaos.checker import Excuse
+from tests.chaos.checker import Excuse, Loss
 from tests.chaos.recorder import now
 from tests.chaos.world import World
 from tests.support.nodes import Node
+
+REPLICATION_SLACK_S = 0.5
 
 Fault = Callable[[World, random.Random], Awaitable[str]]
 
@@ -99,7 +101,7 @@ async def restart_redis(world: World, *, keep_data: bool, down_s: float = 1.0) -
     assert redis is not None
     world.note(f"SIGKILL Redis ({'AOF kept' if keep_data else 'data wiped'})")
     if not keep_data:
-        world.loss_at.append(now())
+        world.losses.append(Loss(now()))
     await asyncio.to_thread(redis.kill)
     if not keep_data:
         await asyncio.to_thread(redis.wipe)
@@ -117,9 +119,12 @@ async def promote_lagging_replica(world: World, *, lag_s: float = 1.5) -> str:
     assert primary is not None and replica is not None
     assert world.proxy is not None and world.repl_proxy is not None
     world.note(f"replica feed held back for {lag_s:.1f}s")
+    held_from = now()
     world.repl_proxy.blackhole()
     await asyncio.sleep(lag_s)
-    world.loss_at.append(now())
+    # What the replica had not received when its feed stopped may be lost too: replication is
+    # asynchronous (CHAT_REDIS_MIN_REPLICAS=0), a few milliseconds behind when healthy.
+    world.losses.append(Loss(now(), since=held_from - REPLICATION_SLACK_S))
     world.note("primary killed, lagging replica promoted")
     await asyncio.to_thread(primary.kill)
     world.repl_proxy.reset()

@@ -9,11 +9,10 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tests.chaos.checker import Report, Rules, check
+from tests.chaos.checker import Report, Rules, check, save
 from tests.chaos.recorder import Journal, RecordedClient, Workload, now
 from tests.chaos.world import World
 
-LOSS_WINDOW_S = 5.0  # see Rules.loss_window_s
 PRESENCE_SLACK_S = 3.0  # on top of the contract's lease + 2 s, for a busy 2-core machine
 
 
@@ -88,10 +87,10 @@ class Run:
         logs = {room: await world.log(room) for room in world.settings.rooms}
         rules = Rules(
             answer_budget_s=world.settings.answer_budget_s,
-            loss_at=list(world.loss_at),
-            loss_window_s=LOSS_WINDOW_S,
+            losses=list(world.losses),
             excuses=list(world.excuses),
         )
+        save(world.tmp / "history.json", self.journal.records, logs, rules)
         report = check(self.journal.records, logs, rules)
         for anomaly in world.anomalies:
             print(f"  anomaly: {anomaly}")

@@ -59,6 +59,7 @@ class RedisProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
+        self._accepting: set[asyncio.Task[Any]] = set()  # accepts waiting out a black hole
         self._flowing: asyncio.Event | None = None  # set unless black-holed
 
     @property
@@ -132,7 +133,12 @@ class RedisProxy:
     async def _shutdown(self) -> None:
         if self._server is not None:
             self._server.close()
+        tasks = list(self._accepting) + [t for pair in self._pairs for t in pair.tasks]
+        for task in self._accepting:
+            task.cancel()
         await self._reset()
+        if tasks:  # let them finish their cancellation before the loop stops
+            await asyncio.wait(tasks, timeout=CONTROL_TIMEOUT_S / 2)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._pairs) >= MAX_CONNECTIONS:
@@ -141,6 +147,9 @@ class RedisProxy:
         self.accepted += 1
         pair = _Pair(writer)
         self._pairs.add(pair)
+        task = asyncio.current_task()
+        assert task is not None
+        self._accepting.add(task)
         try:
             assert self._flowing is not None
             await self._flowing.wait()  # a black hole takes the connection and says nothing
@@ -150,6 +159,8 @@ class RedisProxy:
         except (OSError, TimeoutError):
             self._drop(pair)
             return
+        finally:
+            self._accepting.discard(task)
         if pair not in self._pairs:  # reset while we connected
             up_writer.transport.abort()
             return

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.chaos.checker import Excuse, Report, Rules, check
+from tests.chaos.checker import Excuse, Loss, Report, Rules, check, load, save
 from tests.chaos.recorder import CLOSE, COMMAND, CONNECT, RECV, Record
 
 ROOM = "lobby"
@@ -132,13 +133,26 @@ def test_a_silent_jump_is_caught_and_shows_the_missing_event() -> None:
     report = run(s, log)
     assert "jumped from seq 1 to 3 without a gap frame" in what(report)
     assert '"seq": 2' in report.summary()  # the first offending events are printed
+    assert "violations by kind: silent jump 1" in report.summary()
+
+
+def test_a_saved_history_checks_the_same(tmp_path: Path) -> None:
+    story, log = two_clients_chatting()
+    story.recv("ben", log[1])
+    given = rules(losses=[Loss(0.5, since=0.1)], excuses=[Excuse("a", 0.0, 0.1)])
+    save(tmp_path / "history.json", story.records, {ROOM: log}, given)
+    records, logs, again = load(tmp_path / "history.json")
+    assert again == given
+    assert (
+        check(records, logs, again).summary() == check(story.records, {ROOM: log}, given).summary()
+    )
 
 
 def test_a_jump_after_a_gap_frame_passes_only_after_a_loss() -> None:
     log = [message(5, "ann", "c5")]
     s = Story().connect("ben", after=2, last_seq=5)
     s.at(2.0).recv("ben", {"type": "gap", "first_available": 5}).recv("ben", log[0])
-    assert run(s, log, loss_at=[1.0]).ok
+    assert run(s, log, losses=[Loss(1.0)]).ok
     report = run(s, log)  # no fault that could lose anything: the gap itself is a violation
     assert "gap frame with no fault" in what(report)
 
@@ -147,7 +161,7 @@ def test_a_gap_that_undersells_the_hole_is_caught() -> None:
     log = [message(5, "ann", "c5"), message(6, "ann", "c6")]
     s = Story().connect("ben", after=2, last_seq=6)
     s.at(2.0).recv("ben", {"type": "gap", "first_available": 5}).recv("ben", log[1])
-    assert "jumped from seq 2 to 6" in what(run(s, log, loss_at=[1.0]))
+    assert "jumped from seq 2 to 6" in what(run(s, log, losses=[Loss(1.0)]))
 
 
 def test_a_client_view_unlike_the_events_api_is_caught() -> None:
@@ -161,7 +175,7 @@ def test_two_clients_seeing_different_events_under_one_seq_is_caught() -> None:
     # After a loss the log lacks seq 1, but two clients disagree on what it was: reused.
     s = Story().connect("ann").connect("bob")
     s.recv("ann", message(1, "x", "k1")).recv("bob", message(1, "y", "k2"))
-    report = run(s, [], loss_at=[9.0], require_caught_up=False)
+    report = run(s, [], losses=[Loss(9.0)], require_caught_up=False)
     assert "two clients saw different events under seq 1" in what(report)
 
 
@@ -171,11 +185,12 @@ def test_an_acked_event_missing_from_the_log_is_lost() -> None:
     assert report.counts["acked_lost"] == 1
     assert "acked seq 2 is not in the log" in what(report)
     # After a fault that may lose data, the loss is counted, not a violation.
-    allowed = run(story, log[:1], require_caught_up=False, loss_at=[story.t])
+    allowed = run(story, log[:1], require_caught_up=False, losses=[Loss(story.t)])
     assert allowed.counts["acked_lost_allowed"] == 1
     assert "acked seq 2 is not in the log" not in what(allowed)
-    # ... unless it was acked longer ago than the archive may lag behind.
-    later = run(story, log[:1], require_caught_up=False, loss_at=[story.t + 10], loss_window_s=5)
+    # ... unless it was acked before what the loss could reach (a replica that lagged by 5 s).
+    lagged = [Loss(at=story.t + 10, since=story.t + 5)]
+    later = run(story, log[:1], require_caught_up=False, losses=lagged)
     assert "acked seq 2 is not in the log" in what(later)
 
 
@@ -183,7 +198,7 @@ def test_a_reused_seq_is_caught_through_the_ack() -> None:
     # The client was acked seq 2 for its command; the log now holds someone else's event there.
     story, log = two_clients_chatting()
     log[1] = message(2, "carl", "zz")
-    report = run(story, log, loss_at=[story.t])
+    report = run(story, log, losses=[Loss(story.t)])
     assert "acked seq 2 holds another event in the log" in what(report)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import redis as redis_sync
 
 from cluster.embedded import _die_with_parent, free_port, redis_server_binary
-from tests.chaos.checker import Excuse
+from tests.chaos.checker import Excuse, Loss
 from tests.chaos.proxy import RedisProxy
 from tests.chaos.recorder import now
 from tests.support.nodes import Cluster, Node, base_env, http_get
@@ -147,7 +147,7 @@ class World:
         self.repl_proxy: RedisProxy | None = None
         self.cluster: Cluster | None = None
         self.excuses: list[Excuse] = []
-        self.loss_at: list[float] = []
+        self.losses: list[Loss] = []
         self.faults: list[tuple[float, str]] = []
         self.anomalies: list[str] = []  # things a fault noticed that are not the checker's
         self.old_redis: list[RedisProcess] = []  # killed primaries, kept to end them surely
