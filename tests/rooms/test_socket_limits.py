@@ -157,6 +157,50 @@ def test_socket_closed_with_1013_resumes_every_event_once(big_room: Node) -> Non
     assert first + second == list(range(1, last_seq + 1)), "an event was lost or duplicated"
 
 
+def test_live_traffic_to_a_socket_that_stopped_reading_closes_it_with_1013(big_room: Node) -> None:
+    # No replay at all: the socket joins at the head of the room and stops reading while
+    # 600 live messages of 8 kB (4.8 MB, more than the kernel's buffers and the budget) go by.
+    node = big_room
+    before = closes_1013(node)
+    stalled = StalledSocket(node.port, f"/ws/rooms/{ROOM}/?name=live-staller").connect()
+
+    async def live_traffic(count: int) -> tuple[int, int]:
+        url = f"{node.ws}/ws/rooms/{ROOM}/?name=live-talker"
+        first = last = 0
+        async with websockets.connect(url, max_size=None) as ws:
+            for i in range(count):
+                frame = {"type": "send", "body": BODY, "client_id": f"{uuid.uuid4().hex}-{i}"}
+                await ws.send(json.dumps(frame, ensure_ascii=False))
+                while True:
+                    answer = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    assert answer["type"] != "error", answer
+                    if answer["type"] == "ack":
+                        last = int(answer["seq"])
+                        first = first or last
+                        break
+        return first, last
+
+    try:
+        first_live, last_live = asyncio.run(live_traffic(600))
+        assert wait_until(lambda: closes_1013(node) > before, timeout=40), "no 1013"
+        stalled.read_all(timeout=10)
+    finally:
+        stalled.close()
+    assert stalled.close_code == 1013
+    got = stalled.seqs
+    assert got == list(range(first_live, first_live + len(got))), "a hole before the close"
+    resume_from = got[-1] if got else first_live - 1
+
+    async def resume() -> list[int]:
+        client = ChatClient(node.ws, ROOM, "live-staller")
+        await client.connect(after=resume_from)
+        await client.wait_for(lambda: client.last_seq >= last_live, 60)
+        await client.close()
+        return [int(f["seq"]) for f in client.durable]
+
+    assert got + asyncio.run(resume()) == list(range(first_live, last_live + 1))
+
+
 async def open_socket(node: Node, name: str) -> tuple[websockets.ClientConnection, int | None]:
     """Connect as ``name``; the close code if the node refused the socket, else None."""
     url = f"{node.ws}/ws/rooms/{ROOM}/?name={name}&after={EVENTS + 10_000}"  # ahead: no replay
