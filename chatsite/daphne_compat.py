@@ -30,7 +30,8 @@ TRANSPORT_EXTENSION = "chat.transport"
 SLOW_CLOSE_WAIT_S = 10.0  # bounded: at most the socket's buffer budget is held meanwhile
 INBOUND_FRAMES = 16  # frames from one client waiting for the application before reading pauses
 INBOUND_BYTES = 256 * 1024  # the same in bytes (one frame may be up to daphne's 1 MiB limit)
-INBOUND_CHECK_S = 0.01  # how often a paused socket looks whether it may read again
+INBOUND_CHECK_S = 0.01  # how soon a paused socket first looks whether it may read again
+INBOUND_CHECK_MAX_S = 0.25  # and how seldom at most
 
 
 class TransportProbe:
@@ -117,13 +118,19 @@ def _inbound_backlog(queue: Any) -> tuple[int, int]:
 
 def bound_inbound() -> None:
     from daphne.ws_protocol import WebSocketProtocol
-    from twisted.internet import reactor
 
     if getattr(WebSocketProtocol, "_chat_bounded_inbound", False):
         return
     original = WebSocketProtocol.onMessage
 
-    def maybe_resume(protocol: Any) -> None:
+    def check_later(protocol: Any, delay: float) -> None:
+        # Imported here, when daphne runs: importing the reactor earlier could install
+        # Twisted's default one before daphne installs its asyncio reactor.
+        from twisted.internet import reactor
+
+        reactor.callLater(delay, maybe_resume, protocol, delay)
+
+    def maybe_resume(protocol: Any, delay: float) -> None:
         transport = protocol.transport
         if transport is None or getattr(transport, "disconnected", False):
             return
@@ -131,8 +138,8 @@ def bound_inbound() -> None:
         if frames <= INBOUND_FRAMES // 4 and size <= INBOUND_BYTES // 4:
             protocol._chat_reading_paused = False
             transport.resumeProducing()
-        else:
-            reactor.callLater(INBOUND_CHECK_S, maybe_resume, protocol)
+        else:  # a consumer busy for long (a command waiting for its room) is looked at less
+            check_later(protocol, min(INBOUND_CHECK_MAX_S, delay * 2))
 
     def on_message(self: Any, payload: bytes, isBinary: bool) -> None:
         original(self, payload, isBinary)
@@ -142,7 +149,7 @@ def bound_inbound() -> None:
         if frames > INBOUND_FRAMES or size > INBOUND_BYTES:
             self._chat_reading_paused = True
             self.transport.pauseProducing()
-            reactor.callLater(INBOUND_CHECK_S, maybe_resume, self)
+            check_later(self, INBOUND_CHECK_S)
 
     WebSocketProtocol.onMessage = on_message
     WebSocketProtocol._chat_bounded_inbound = True
