@@ -465,8 +465,10 @@ def _open_at_end(records: list[Record]) -> bool:
 # -- a run kept on disk, checked again later (python -m tests.chaos.checker FILE) -----------
 
 
-def save(path: Path, records: Iterable[Record], logs: dict[str, list[Frame]], rules: Rules) -> None:
+def save(path: Path, records: Iterable[Record], logs: dict[str, list[Frame]], rules: Rules,
+         faults: list[tuple[float, str]] | None = None) -> None:  # fmt: skip
     data = {
+        "faults": faults or [],  # for the reader: what happened when (same clock)
         "records": [dataclasses.asdict(r) for r in records],
         "logs": logs,
         "rules": {

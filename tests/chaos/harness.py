@@ -90,7 +90,7 @@ class Run:
             losses=list(world.losses),
             excuses=list(world.excuses),
         )
-        save(world.tmp / "history.json", self.journal.records, logs, rules)
+        save(world.tmp / "history.json", self.journal.records, logs, rules, world.faults)
         report = check(self.journal.records, logs, rules)
         for anomaly in world.anomalies:
             print(f"  anomaly: {anomaly}")

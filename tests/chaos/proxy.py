@@ -60,6 +60,7 @@ class RedisProxy:
         self._server: asyncio.Server | None = None
         self._pairs: set[_Pair] = set()
         self._accepting: set[asyncio.Task[Any]] = set()  # accepts waiting out a black hole
+        self._closing = False
         self._flowing: asyncio.Event | None = None  # set unless black-holed
 
     @property
@@ -134,8 +135,9 @@ class RedisProxy:
         if self._server is not None:
             self._server.close()
         tasks = list(self._accepting) + [t for pair in self._pairs for t in pair.tasks]
-        for task in self._accepting:
-            task.cancel()
+        self._closing = True
+        assert self._flowing is not None
+        self._flowing.set()  # accepts held by a black hole wake up, see _closing, and leave
         await self._reset()
         if tasks:  # let them finish their cancellation before the loop stops
             await asyncio.wait(tasks, timeout=CONTROL_TIMEOUT_S / 2)
@@ -153,6 +155,8 @@ class RedisProxy:
         try:
             assert self._flowing is not None
             await self._flowing.wait()  # a black hole takes the connection and says nothing
+            if self._closing:
+                raise OSError("proxy stopping")
             up_reader, up_writer = await asyncio.wait_for(
                 asyncio.open_connection(self.host, self.upstream_port), CONTROL_TIMEOUT_S
             )

@@ -70,3 +70,19 @@ def test_upstream_moves(proxied: tuple[RedisProcess, RedisProxy], tmp_path: Path
         assert client(proxy).get("where") == b"other"
     finally:
         other.kill()
+
+
+def test_stops_while_black_holed(proxied: tuple[RedisProcess, RedisProxy]) -> None:
+    _, proxy = proxied
+    proxy.blackhole()
+    held = socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+    held.sendall(b"PING\r\n")
+    time.sleep(0.1)
+    start = time.monotonic()
+    proxy.stop()
+    assert time.monotonic() - start < 3
+    try:
+        assert held.recv(16) == b""
+    except ConnectionResetError:
+        pass
+    held.close()

@@ -227,8 +227,10 @@ class World:
         return [n.ws for n in self.nodes]
 
     def note(self, what: str) -> None:
-        self.faults.append((now(), what))
-        print(f"  [{time.strftime('%H:%M:%S')}] {what}", flush=True)
+        t = now()
+        self.faults.append((t, what))
+        # t= is the clock of the journal's records: the checker's output lines up with it.
+        print(f"  [{time.strftime('%H:%M:%S')} t={t:.3f}] {what}", flush=True)
 
     async def get(self, path: str, timeout_s: float = 10.0) -> Any:
         """GET from any live node that answers 200; retried (bounded) while the cluster heals."""
