@@ -21,39 +21,52 @@ class ClientFrame:
     client_id: str | None = None
 
 
+class FrameRefused(CommandError):
+    """A frame refused by the parser. ``client_id`` is the frame's own when it had a usable one
+    (a JSON object whose ``client_id`` is text), so the ``error`` frame can name the command
+    it answers, as every other answer does (guarantee 9)."""
+
+    def __init__(self, code: ErrorCode, detail: str, client_id: str | None = None) -> None:
+        super().__init__(code, detail)
+        self.client_id = client_id
+
+
 def parse_client_frame(text: str) -> ClientFrame:
-    """Parse one text frame; raises CommandError('bad_request' | 'too_large') with a reason.
+    """Parse one text frame; raises FrameRefused('bad_request' | 'too_large') with a reason.
 
     What comes back is safe to hand to the cluster: every string in it encodes to UTF-8 (Redis,
     the pub/sub RPC and the socket all need that). NUL is ordinary text here (JSON escapes it).
     """
     if len(text) > MAX_FRAME_CHARS:
-        raise CommandError("too_large", f"frame has {len(text)} characters")
+        raise FrameRefused("too_large", f"frame has {len(text)} characters")
     try:
         data = json.loads(text)
     except ValueError:  # also ints beyond Python's 4,300-digit limit
-        raise CommandError("bad_request", "frame is not valid JSON") from None
+        raise FrameRefused("bad_request", "frame is not valid JSON") from None
     except RecursionError:  # '[[[[...' nested deeper than the decoder's stack
-        raise CommandError("bad_request", "frame is nested too deeply") from None
+        raise FrameRefused("bad_request", "frame is nested too deeply") from None
     if not isinstance(data, dict):
-        raise CommandError("bad_request", "frame must be a JSON object")
-    kind = data.get("type")
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
-        raise CommandError("bad_request", f"unknown frame type {_shown(kind)}")
+        raise FrameRefused("bad_request", "frame must be a JSON object")
     client_id = data.get("client_id")
     if client_id is not None and (not isinstance(client_id, str) or not client_id):
-        raise CommandError("bad_request", "client_id must be a non-empty string")
-    _check_text("client_id", client_id)
+        raise FrameRefused("bad_request", "client_id must be a non-empty string")
+    if client_id is not None and not _encodable(client_id):
+        raise FrameRefused("bad_request", "client_id is not valid Unicode text")
+    kind = data.get("type")
+    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
+        raise FrameRefused("bad_request", f"unknown frame type {_shown(kind)}", client_id)
     body = data.get("body", "")
     if kind in ("send", "edit"):
         if not isinstance(body, str):
-            raise CommandError("bad_request", "body must be a string")
-        _check_text("body", body)
+            raise FrameRefused("bad_request", "body must be a string", client_id)
+        if not _encodable(body):
+            raise FrameRefused("bad_request", "body is not valid Unicode text", client_id)
     message_id = data.get("id", "")
     if kind in ("edit", "delete"):
         if not isinstance(message_id, str) or not message_id:
-            raise CommandError("bad_request", f"{kind} needs the id of a message")
-        _check_text("id", message_id)
+            raise FrameRefused("bad_request", f"{kind} needs the id of a message", client_id)
+        if not _encodable(message_id):
+            raise FrameRefused("bad_request", "id is not valid Unicode text", client_id)
     return ClientFrame(
         kind,
         body if kind in ("send", "edit") else "",
@@ -62,14 +75,13 @@ def parse_client_frame(text: str) -> ClientFrame:
     )
 
 
-def _check_text(field: str, value: str | None) -> None:
+def _encodable(value: str) -> bool:
     """JSON may carry lone surrogates (``"\\ud800"``): valid in a Python str, not in UTF-8."""
-    if value is None:
-        return
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise CommandError("bad_request", f"{field} is not valid Unicode text") from None
+        return False
+    return True
 
 
 def _shown(value: object) -> str:

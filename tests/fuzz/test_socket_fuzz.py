@@ -556,3 +556,26 @@ def test_a_flood_of_bad_commands_is_rate_limited_and_never_limits_others(
         good.close()
         flooder.close()
     assert_clean_log(limited_node)
+
+
+# -- a refused frame names the command it answers -----------------------------------------------
+
+REFUSED_WITH_CLIENT_ID = [
+    '{"type": "edit", "body": "x", "client_id": "r1"}',  # no id
+    '{"type": "SEND", "body": "x", "client_id": "r2"}',  # unknown type
+    '{"type": "send", "body": 5, "client_id": "r3"}',  # body not text
+    '{"type": "send", "body": "\\ud800", "client_id": "r4"}',  # a lone surrogate
+    '{"type": "delete", "id": [], "client_id": "r5"}',  # id not text
+]
+
+
+@pytest.mark.xfail(
+    strict=False,
+    reason="rooms/consumers.py answers parser refusals without the frame's client_id; "
+    "rooms.protocol.FrameRefused.client_id carries it (reported to the lead)",
+)
+def test_a_refused_frame_names_its_client_id(run: Run) -> None:
+    run.reopen_fuzzer_if_closed()
+    for text in REFUSED_WITH_CLIENT_ID:
+        client_id = json.loads(text)["client_id"]
+        expect_refused(run, bad("refused", text, "bad_request", client_id=client_id))
