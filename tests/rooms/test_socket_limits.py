@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from cluster.embedded import EmbeddedRedis
 from tests.support.client import ChatClient
 from tests.support.nodes import Cluster, Node
 from tests.support.stalled_socket import StalledSocket, rss_bytes, seed_room
@@ -277,3 +279,61 @@ def test_a_flooding_client_is_read_no_faster_than_it_is_served(big_room: Node) -
     growth = asyncio.run(flood())
     print(f"flood: RSS grew {growth / MIB:.1f} MiB")
     assert growth <= 15 * MIB, f"RSS grew {growth / MIB:.1f} MiB under a flood of frames"
+
+
+def test_frames_sent_to_a_hung_consumer_are_not_all_buffered(tmp_path: Path) -> None:
+    # Issue 8, hole 3: 300 frames of 1 MiB sent to a socket whose consumer is stuck (its
+    # command waits for a frozen owner) were all queued by daphne: +218 MiB. Now the node
+    # stops reading that socket, and answers every frame once the consumer is free again.
+    redis_server = EmbeddedRedis.start(appendonly=False)
+    cluster = Cluster(redis_server.url, tmp_path, CHAT_LEASE_TTL_MS="10000")
+    frames = 300
+    try:
+        cluster.create_room("hung")
+        a, b = cluster.add("ha"), cluster.add("hb")
+
+        async def scenario() -> tuple[int, int]:
+            starter = ChatClient(a.ws, "hung", "starter")
+            await starter.connect()
+            await starter.send("claim the room")
+            await starter.wait_frame("ack")
+            await starter.close()
+            rooms = a.get("/api/cluster/")[1]["rooms"]
+            owner_name = next(r["owner"] for r in rooms if r["slug"] == "hung")
+            owner, other = (a, b) if owner_name == a.name else (b, a)
+            url = f"{other.ws}/ws/rooms/hung/?name=flooder"
+            async with websockets.connect(url, max_size=None) as ws:
+                assert json.loads(await ws.recv())["type"] == "hello"
+                baseline = peak = rss_bytes(other.pid)
+                owner.signal(signal.SIGSTOP)
+                try:
+                    stuck = {"type": "send", "body": "waits for the owner", "client_id": "stuck"}
+                    await ws.send(json.dumps(stuck))
+                    big = "x" * 1_000_000
+
+                    async def push() -> None:
+                        for _ in range(frames):
+                            await ws.send(big)
+
+                    pusher = asyncio.get_running_loop().create_task(push())
+                    loop = asyncio.get_running_loop()
+                    until = loop.time() + 4.0  # the consumer stays stuck for CHAT_SEND_TIMEOUT
+                    while loop.time() < until and not pusher.done():
+                        peak = max(peak, rss_bytes(other.pid))
+                        await asyncio.sleep(0.05)
+                finally:
+                    owner.signal(signal.SIGCONT)
+                await asyncio.wait_for(pusher, 60)
+                answered = 0
+                while answered < frames + 1:  # every frame gets its answer, the stuck one too
+                    reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    answered += reply["type"] in ("ack", "error")
+            return baseline, peak
+
+        baseline, peak = asyncio.run(scenario())
+    finally:
+        cluster.close()
+        redis_server.stop()
+    growth = peak - baseline
+    print(f"hung consumer: RSS grew {growth / MIB:.1f} MiB")
+    assert growth <= 30 * MIB, f"RSS grew {growth / MIB:.1f} MiB while the consumer was stuck"
