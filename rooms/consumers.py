@@ -37,7 +37,7 @@ from .outbox import Frame, Outbox, encode
 from .protocol import error_frame, parse_after, parse_client_frame
 from .runtime import current_runtime
 from .socket_budget import SendBudget, SocketStalled
-from .socket_caps import SOCKETS, Slot, client_address
+from .socket_caps import Slot, caps_of, client_address
 
 logger = logging.getLogger("rooms.consumers")
 
@@ -138,7 +138,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             frame = error_frame("forbidden", str(refused))
             raise Refuse(CLOSE_FORBIDDEN, str(refused), frame) from None
         self.user, self.is_staff = identity.name, identity.is_staff
-        self.slot = SOCKETS.acquire(
+        self.slot = caps_of(runtime).acquire(
             self.user,
             client_address(self.scope),
             max_per_principal=settings.CHAT_MAX_SOCKETS_PER_USER,
@@ -175,7 +175,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._write({**hello, "last_seq": last_seq})
         await self._write({"type": "presence_state", "users": users})
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # Also when the server cancels us (a consumer still busy with a command when its
+            # client left): otherwise the slot, the attachment and the send loop would stay.
+            await self._shutdown()
+
     async def disconnect(self, code: int) -> None:
+        await self._shutdown()
+
+    async def _shutdown(self) -> None:
         self.closing = True
         self.phase = "closed"
         for task in (self.sender, self.closer):
@@ -188,7 +199,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _release(self) -> None:
         """Give back what admission took; safe to call more than once."""
         if self.slot is not None:
-            SOCKETS.release(self.slot)
+            self.slot.caps.release(self.slot)
             self.slot = None
         if self.attached and self.runtime is not None:
             self.attached = False

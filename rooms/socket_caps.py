@@ -1,11 +1,13 @@
 """How many sockets each principal and each client address holds on this node (4429 caps).
 
-One count per process: a process is one node. A socket takes a ``Slot`` when it is admitted and
-gives it back on every way out (close, refusal after the slot was taken, error, drop).
+One count per node, that is per cluster runtime (``caps_of``): a process runs one, tests run one
+per test. A socket takes a ``Slot`` when it is admitted and gives it back on every way out
+(close, refusal after the slot was taken, error, drop, cancellation).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 class Slot:
     principal: str
     address: str
+    caps: SocketCaps
 
 
 class SocketCaps:
@@ -32,7 +35,7 @@ class SocketCaps:
             return None
         self._principals[principal] += 1
         self._addresses[address] += 1
-        return Slot(principal, address)
+        return Slot(principal, address, self)
 
     def release(self, slot: Slot) -> None:
         for counter, key in ((self._principals, slot.principal), (self._addresses, slot.address)):
@@ -47,7 +50,18 @@ class SocketCaps:
         return self._addresses[address]
 
 
-SOCKETS = SocketCaps()  # this node's counts
+_by_node: dict[int, tuple[weakref.ref[Any], SocketCaps]] = {}
+
+
+def caps_of(node: Any) -> SocketCaps:
+    """The counts of one node (a cluster runtime); they go when it goes."""
+    entry = _by_node.get(id(node))
+    if entry is None or entry[0]() is not node:
+        for key in [k for k, (ref, _) in _by_node.items() if ref() is None]:
+            del _by_node[key]
+        entry = (weakref.ref(node), SocketCaps())
+        _by_node[id(node)] = entry
+    return entry[1]
 
 
 def client_address(scope: dict[str, Any]) -> str:
