@@ -53,6 +53,10 @@ def validate(command: Command, *, max_body: int) -> None:
     forwarded by another node is checked where it is applied)."""
     if command.type not in COMMAND_TYPES:
         raise CommandError("bad_request", f"unknown command type {command.type!r}")
+    for name in ("client_id", "body", "id", "user"):
+        if not _encodable(getattr(command, name)):
+            # A lone surrogate: Redis (and every client) needs UTF-8, which it has none of.
+            raise CommandError("bad_request", f"{name} is not valid Unicode text")
     if not command.client_id or len(command.client_id) > MAX_CLIENT_ID:
         raise CommandError("bad_request", f"client_id must be 1 to {MAX_CLIENT_ID} characters")
     if command.type in ("send", "edit"):
@@ -68,3 +72,11 @@ def validate(command: Command, *, max_body: int) -> None:
         if seq_of_message_id(command.id) is None:
             # Well-formed JSON, but no message ever had that id (ids are m<seq>).
             raise CommandError("not_found", f"no message {command.id[:40]!r} in this room")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

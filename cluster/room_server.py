@@ -39,16 +39,15 @@ from .log import RoomClosed, RoomLog
 from .ratelimit import SlidingWindowLimiter
 from .registry import Lease
 from .room_state import RoomState
+from .seq_recovery import AskAll, Reservation, append_reserved, recover_start
 from .state_store import StateStore, delta_template, new_marker
 
 logger = logging.getLogger("cluster.room_server")
 
 Checkpoint = Callable[[str, int], Awaitable[None]]
 Clock = Callable[[], float]
-# Seqs are reserved outside Redis in blocks (hi/lo): before the room uses a seq above its
-# reservation it records a new one, ``RESERVE_BLOCK`` higher, in the database. If Redis ever
-# loses the room, the next owner starts above the reservation: seqs never go backwards.
-RESERVE_BLOCK = 100
+# Seqs are reserved outside Redis in blocks (see seq_recovery): if Redis ever loses the room,
+# the next owner starts above the reservation: seqs never go backwards.
 # Deltas between snapshots: bounds both the state stream and the rebuild time of a take-over.
 SNAPSHOT_EVERY = 200
 # Acks of recent commands kept in memory, so that a re-send is recognised without a Redis call
@@ -101,7 +100,12 @@ class RoomServer:
         seq_floor: int = 0,
         checkpoint: Checkpoint | None = None,
         clock: Clock = time.monotonic,
+        ask_all: AskAll | None = None,
+        predecessor_last: int | None = None,
     ) -> None:
+        self._ask_all = ask_all
+        # A planned hand-off's last seq: checked against Redis on the first load only.
+        self._predecessor_last = predecessor_last
         self.slug = lease.slug
         self.lease = lease
         self._log = log
@@ -120,7 +124,7 @@ class RoomServer:
         self.state = RoomState(lease.node, config.state_window)
         self.status = RoomServerState.STARTING
         self.last_seq = 0
-        self._reserved = 0
+        self._reservation = Reservation(self.slug, checkpoint, reserved=0)
         self._since_snapshot = 0
         self.last_activity = clock()
         self.task: asyncio.Task[None] | None = None
@@ -144,8 +148,8 @@ class RoomServer:
 
     @property
     def reserved(self) -> int:
-        """The seq reservation recorded outside Redis (see RESERVE_BLOCK)."""
-        return self._reserved
+        """The seq reservation recorded outside Redis (see seq_recovery)."""
+        return self._reservation.reserved
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -160,18 +164,21 @@ class RoomServer:
         self.task = asyncio.get_running_loop().create_task(self._serve(), name=f"room:{self.slug}")
 
     async def _load(self) -> None:
-        in_redis = await self._log.last_seq(self.slug)
-        reserved_in_redis = await self._log.reservation(self.slug)
-        if reserved_in_redis < self._seq_floor:
-            # Redis lost (part of) the room since the last reservation: continue above it.
-            logger.warning(
-                "room %s: Redis knows seq %d, reservation %d < %d; continuing above it",
-                self.slug, in_redis, reserved_in_redis, self._seq_floor,
-            )  # fmt: skip
-            self.last_seq = max(in_redis, self._seq_floor)
-        else:
-            self.last_seq = in_redis
-        self._reserved = max(self._seq_floor, reserved_in_redis)
+        floor = self._seq_floor
+
+        async def load_reservation(slug: str) -> int:
+            return floor
+
+        position = await recover_start(
+            self._log,
+            self.slug,
+            load_reservation=load_reservation if self._checkpoint else None,
+            ask_all=self._ask_all,
+            predecessor_last=self._predecessor_last,
+        )
+        self._predecessor_last = None
+        self.last_seq = position.last_seq
+        self._reservation = Reservation(self.slug, self._checkpoint, reserved=position.reserved)
         self.state = RoomState(self.lease.node, self._config.state_window)
         await self._rebuild_state()
         self._uncertain = False
@@ -344,12 +351,13 @@ class RoomServer:
             provisional["id"] = "m" + marker
         delta = self.state.delta_for(provisional, ts)
         try:
-            await self._reserve()
-            result = await self._log.append(
+            result = await append_reserved(
+                self._log,
+                self._reservation,
                 self.slug,
+                last_seq=self.last_seq,
                 node=self.lease.node,
                 epoch=self.lease.epoch,
-                seq_floor=self.last_seq,
                 event=event,
                 user=command.user,
                 client_id=command.client_id,
@@ -411,15 +419,6 @@ class RoomServer:
             event["body"] = command.body
         event["ts"] = now_ms
         return event
-
-    async def _reserve(self) -> None:
-        """Make sure the next seq lies inside a reservation recorded outside Redis."""
-        if self._checkpoint is None or self.last_seq < self._reserved:
-            return
-        reservation = self.last_seq + RESERVE_BLOCK
-        await self._checkpoint(self.slug, reservation)
-        await self._log.set_reservation(self.slug, reservation)
-        self._reserved = reservation
 
     async def _message(self, message_id: str) -> dict[str, Any] | None:
         found = self.state.message(message_id)

@@ -27,8 +27,9 @@ from .placement import preferred_node
 from .registry import RoomRegistry
 from .router import CommandRouter
 from .rpc import Rpc
+from .seq_recovery import SeqWitness
 from .state_store import StateStore
-from .supervisor import Supervisor
+from .supervisor import HandoffHint, Supervisor
 from .tasks import TaskGroup
 
 logger = logging.getLogger("cluster.runtime")
@@ -108,7 +109,10 @@ class ClusterRuntime:
             checkpoint=self.hooks.checkpoint,
             room_is_idle=self._room_is_idle,
             request_claim=self._request_claim,
+            ask_all=self.ask_all,
         )
+        # The highest seq this node has acked per room: what it tells a room's next owner.
+        self.witness = SeqWitness()
         self.rpc = Rpc(self.redis, self.hub, self.node, self._serve_rpc)
         self.router = CommandRouter(
             config=self.config,
@@ -199,7 +203,9 @@ class ClusterRuntime:
     # -- what the consumer and views use ---------------------------------------------------
 
     async def submit(self, slug: str, command: Command) -> Ack:
-        return await self.router.submit(slug, command)
+        ack = await self.router.submit(slug, command)
+        self.witness.observe(slug, ack.seq)
+        return ack
 
     async def attach(self, slug: str, listener: Listener) -> Attachment:
         return await self.fanout.attach(slug, listener)
@@ -245,13 +251,40 @@ class ClusterRuntime:
     async def _room_is_idle(self, slug: str) -> bool:
         return not (await self.online([slug]))[slug]
 
+    def known_seq(self, slug: str) -> int:
+        """The highest seq of ``slug`` this node has seen (acked, delivered or assigned)."""
+        room = self.fanout.rooms.get(slug)
+        server = self.supervisor.servers.get(slug)
+        return max(
+            self.witness.known(slug),
+            room.last_seq if room is not None else 0,
+            server.last_seq if server is not None else 0,
+        )
+
+    async def ask_all(self, slug: str) -> list[int]:
+        """What every live node (draining ones too) knows of ``slug``'s seqs, for a new owner
+        checking that Redis did not lose what somebody saw (guarantee 8)."""
+        others = [n for n in self.membership.live if n != self.node]
+
+        async def one(node: str) -> int:
+            reply = await self.rpc.call(node, "known_seq", {"room": slug}, timeout=0.8)
+            return int(reply.get("seq", 0))
+
+        answers = await asyncio.gather(*(one(n) for n in others), return_exceptions=True)
+        return [self.known_seq(slug), *(a for a in answers if isinstance(a, int))]
+
     async def _serve_rpc(self, op: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if op == "known_seq":
+            return {"seq": self.known_seq(str(payload["room"]))}
         if op == "claim":
             try:
-                hint = payload.get("reserved")
-                await self.supervisor.activate(
-                    str(payload["room"]), reserved_hint=hint if isinstance(hint, int) else None
+                reserved, last_seq = payload.get("reserved"), payload.get("last_seq")
+                hint = (
+                    HandoffHint(reserved, last_seq)
+                    if isinstance(reserved, int) and isinstance(last_seq, int)
+                    else None
                 )
+                await self.supervisor.activate(str(payload["room"]), handoff=hint)
             except LeaseTaken as taken:
                 return {"error": "not_owner", "owner": taken.owner}
             except Draining:
@@ -268,8 +301,8 @@ class ClusterRuntime:
             return
         await self.supervisor.handoff(slug, target)
 
-    async def _request_claim(self, node: str, slug: str, reserved: int) -> None:
-        payload = {"room": slug, "reserved": reserved}
+    async def _request_claim(self, node: str, slug: str, hint: HandoffHint) -> None:
+        payload = {"room": slug, "reserved": hint.reserved, "last_seq": hint.last_seq}
         reply = await self.rpc.call(node, "claim", payload, timeout=HANDOFF_CONFIRM_S)
         if "error" in reply:
             raise RuntimeError(f"claim refused: {reply}")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import keys
@@ -22,6 +23,7 @@ from .membership import Membership
 from .placement import preferred_node
 from .registry import RoomRegistry
 from .room_server import Checkpoint, Clock, RoomServer
+from .seq_recovery import AskAll
 from .state_store import StateStore
 from .tasks import TaskGroup, run_forever
 
@@ -29,7 +31,18 @@ logger = logging.getLogger("cluster.supervisor")
 
 SeqFloor = Callable[[str], Awaitable[int]]
 RoomIsIdle = Callable[[str], Awaitable[bool]]
-RequestClaim = Callable[[str, str, int], Awaitable[None]]  # (successor, room, reservation)
+
+
+@dataclass(frozen=True)
+class HandoffHint:
+    """What a handing-off owner tells its successor: its seq reservation and last seq. When
+    Redis still holds both, the successor needs neither the database nor the other nodes."""
+
+    reserved: int
+    last_seq: int
+
+
+RequestClaim = Callable[[str, str, HandoffHint], Awaitable[None]]  # (successor, room, hint)
 
 MAX_RESTARTS = 3  # crashes of one room within RESTART_WINDOW_S before it is released
 RESTART_WINDOW_S = 30.0
@@ -55,6 +68,7 @@ class Supervisor:
         room_is_idle: RoomIsIdle,
         request_claim: RequestClaim | None = None,
         clock: Clock = time.monotonic,
+        ask_all: AskAll | None = None,
     ) -> None:
         self.node = config.node_name
         self._config = config
@@ -67,6 +81,7 @@ class Supervisor:
         self._room_is_idle = room_is_idle
         self._request_claim = request_claim
         self._clock = clock
+        self._ask_all = ask_all
         self._quarantined: dict[str, float] = {}  # room -> clock time until which it is refused
         self.servers: dict[str, RoomServer] = {}
         # Rooms being handed off right now -> their successor (commands go there meanwhile).
@@ -101,15 +116,14 @@ class Supervisor:
         return server if server is not None and server.accepting else None
 
     async def activate(
-        self, slug: str, *, presumed_dead: str = "", reserved_hint: int | None = None
+        self, slug: str, *, presumed_dead: str = "", handoff: HandoffHint | None = None
     ) -> RoomServer:
         """Own ``slug`` here (claiming its lease) and serve it.
 
         Raises LeaseTaken (a live node owns it), Draining, or CommandError("unavailable") for
         a room quarantined after a crash loop.
 
-        ``reserved_hint``: the seq reservation a handing-off owner had; when Redis still holds
-        it, the database need not be asked for the seq floor.
+        ``handoff``: what a handing-off owner passed on (see HandoffHint).
         """
         server = self.get(slug)
         if server is not None:
@@ -124,7 +138,7 @@ class Supervisor:
         pending = self._activating.get(slug)
         if pending is None:
             pending = asyncio.get_running_loop().create_task(
-                self._activate(slug, presumed_dead, reserved_hint)
+                self._activate(slug, presumed_dead, handoff)
             )
             self._activating[slug] = pending
             pending.add_done_callback(lambda t: self._activation_done(slug, t))
@@ -136,13 +150,13 @@ class Supervisor:
             task.exception()  # retrieved here; the awaiting caller handles it
 
     async def _activate(
-        self, slug: str, presumed_dead: str, reserved_hint: int | None
+        self, slug: str, presumed_dead: str, handoff: HandoffHint | None
     ) -> RoomServer:
         old = self.servers.pop(slug, None)
         if old is not None:
             await old.stop()
         lease = await self._registry.claim(slug, presumed_dead=presumed_dead)
-        floor = await self._seq_floor_for(slug, reserved_hint)
+        floor = await self._seq_floor_for(slug, handoff)
         server = RoomServer(
             lease,
             log=self._log,
@@ -151,6 +165,8 @@ class Supervisor:
             seq_floor=floor,
             checkpoint=self._checkpoint,
             clock=self._clock,
+            ask_all=self._ask_all,
+            predecessor_last=handoff.last_seq if handoff is not None else None,
         )
         try:
             await server.start()
@@ -166,11 +182,11 @@ class Supervisor:
         logger.info("room %s active here at epoch %d", slug, lease.epoch)
         return server
 
-    async def _seq_floor_for(self, slug: str, reserved_hint: int | None) -> int:
+    async def _seq_floor_for(self, slug: str, handoff: HandoffHint | None) -> int:
         # A planned hand-off: if Redis kept the predecessor's reservation, nothing was lost
         # since it was made, and the database (a slow, shared resource) need not be asked.
-        if reserved_hint and await self._log.reservation(slug) >= reserved_hint:
-            return reserved_hint
+        if handoff and handoff.reserved and await self._log.reservation(slug) >= handoff.reserved:
+            return handoff.reserved
         return await self._seq_floor(slug)
 
     def _on_server_done(self, server: RoomServer, task: asyncio.Task[Any]) -> None:
@@ -221,17 +237,17 @@ class Supervisor:
         try:
             await self._retire(server, successor=successor)
             self.handoffs += 1
-            await self._confirm(slug, successor, server.reserved)
+            await self._confirm(slug, successor, HandoffHint(server.reserved, server.last_seq))
         finally:
             self.moving.pop(slug, None)
         return True
 
-    async def _confirm(self, slug: str, successor: str | None, reserved: int) -> None:
+    async def _confirm(self, slug: str, successor: str | None, hint: HandoffHint) -> None:
         if successor is not None and self._request_claim is not None:
             # Ask the successor directly and wait for its claim: when this returns, the room
             # has its new owner (the release announcement is the fallback if this fails).
             try:
-                await self._request_claim(successor, slug, reserved)
+                await self._request_claim(successor, slug, hint)
             except Exception as exc:
                 logger.warning(
                     "%s did not confirm taking %s (%s); it claims on first use",

@@ -222,3 +222,13 @@ async def test_membership_changes_are_seen_while_a_listener_is_busy(redis_url: s
     finally:
         release.set()
         await a.stop()
+
+
+async def test_text_that_is_not_unicode_is_refused_where_it_enters(node: ClusterRuntime) -> None:
+    await node.submit("room", send("u", "c0"))
+    server = node.supervisor.servers["room"]
+    for command in (send("u", "c1", "\ud800"), send("u", "c\udfff")):
+        with pytest.raises(CommandError) as refused:
+            await node.submit("room", command)
+        assert refused.value.code == "bad_request"
+    assert node.supervisor.servers["room"] is server
