@@ -134,7 +134,7 @@ class Report:
             f"  durable events: log {c['log_events']}, received {c['received']}, "
             f"gap frames {c['gaps']}, closes {dict(sorted(self.close_codes().items()))}",
             f"  acked lost {c['acked_lost']} "
-            f"(allowed, acked just before a loss {c['acked_lost_allowed']}), "
+            f"(+ {c['acked_lost_allowed']} lost with Redis's data, allowed by guarantee 8), "
             f"duplicated {c['duplicated']}, reordered {c['reordered']}, "
             f"unanswered {c['unanswered']}, presence ghosts {c['ghosts']}, "
             f"presence missing {c['presence_missing']}",
