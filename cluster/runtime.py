@@ -308,8 +308,10 @@ class ClusterRuntime:
             raise RuntimeError(f"claim refused: {reply}")
 
     async def _on_lost(self) -> None:
-        self.fanout.rejoin()
+        # Presumed dead: maybe paused, maybe Redis lost everything (a FLUSHALL, a replaced
+        # server). Stop writing, re-announce presence, and check every room's log.
         await self.supervisor.drop_all()
+        await self.fanout.resync()
 
     async def _on_reconnect(self) -> None:
         self.membership.poke()
