@@ -159,6 +159,23 @@ def test_socket_closed_with_1013_resumes_every_event_once(big_room: Node) -> Non
     assert first + second == list(range(1, last_seq + 1)), "an event was lost or duplicated"
 
 
+def test_a_slow_reader_that_keeps_reading_is_not_cut(big_room: Node) -> None:
+    # 320 kB/s: far slower than the replay, but never stopped. It holds the budget and waits
+    # for the client; it is not closed, however long the replay takes.
+    node = big_room
+    before = closes_1013(node)
+    path = f"/ws/rooms/{ROOM}/?name=slowpoke&after=0"
+    slow = StalledSocket(node.port, path, rcvbuf=65536).connect()
+    try:
+        closed = slow.read_slowly(seconds=8.0)  # longer than STALL_S
+    finally:
+        slow.close()
+    assert not closed and slow.close_code is None
+    assert closes_1013(node) == before
+    got = slow.seqs
+    assert len(got) > 100 and got == list(range(1, len(got) + 1))
+
+
 def test_live_traffic_to_a_socket_that_stopped_reading_closes_it_with_1013(big_room: Node) -> None:
     # No replay at all: the socket joins at the head of the room and stops reading while
     # 600 live messages of 8 kB (4.8 MB, more than the kernel's buffers and the budget) go by.

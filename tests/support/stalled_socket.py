@@ -66,6 +66,27 @@ class StalledSocket:
         """Read until ``count`` durable events arrived (a reader that stops mid-stream)."""
         self._read_until(lambda: len(self.seqs) >= count, timeout)
 
+    def read_slowly(self, seconds: float, chunk: int = 32 * 1024, pause: float = 0.1) -> bool:
+        """Read ``chunk`` bytes every ``pause`` seconds for ``seconds`` (a slow link, not a
+        stopped client); True if the server closed the socket meanwhile."""
+        assert self.sock is not None
+        self.sock.settimeout(1.0)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(chunk)
+            except TimeoutError:
+                continue
+            except OSError:
+                return True
+            if not data:
+                return True
+            self._buffer += data
+            if self._parse(self._buffer):
+                return True
+            time.sleep(pause)  # the slow link itself, not a synchronisation
+        return False
+
     def _read_until(self, enough: Callable[[], bool], timeout: float) -> None:
         assert self.sock is not None
         deadline = time.monotonic() + timeout
