@@ -34,7 +34,7 @@ from cluster.runtime import ClusterRuntime
 from . import selectors
 from .identity import IdentityRefused, identify
 from .outbox import Frame, Outbox, encode
-from .protocol import error_frame, parse_after, parse_client_frame
+from .protocol import FrameRefused, error_frame, parse_after, parse_client_frame
 from .runtime import current_runtime
 from .socket_budget import SendBudget, SocketStalled
 from .socket_caps import Slot, caps_of, client_address
@@ -419,6 +419,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             )
             ack = await self.runtime.submit(self.slug, command)
         except CommandError as exc:
+            if isinstance(exc, FrameRefused) and client_id is None:
+                client_id = exc.client_id  # a refused frame's own client_id, when it had one
             await self._reply(error_frame(exc.code, exc.detail, client_id))
             return
         except Exception:
