@@ -8,8 +8,8 @@ reads (guarantee 10). A seq the log no longer has becomes a ``gap`` frame, never
 
 Lifecycle: ``connect`` admits the socket (``_admit`` raises ``Refuse`` for every refusal,
 caught in one place) and starts the send loop; every way out (refusal, error, client gone, a
-close asked by the fan-out with ``request_close``) releases what admission took: the fan-out
-attachment and the socket's slot in the per-node caps.
+close asked by the fan-out with ``request_close``, cancellation by the server) releases what
+admission took: the fan-out attachment, the send loop and the socket's slot in the node's caps.
 """
 
 from __future__ import annotations
