@@ -33,6 +33,7 @@ logger = logging.getLogger("cluster.delivery")
 Frame = dict[str, Any]
 
 CLOSE_INTERNAL = 1011  # a socket whose deliver failed: it may have missed events, it resumes
+FILL_PAGE = 500  # events read from the log at once when filling a hole
 RETRY_MIN_S = 0.1
 RETRY_MAX_S = 5.0
 # An inbox item that asks the loop to read the log's position and fill up to it (after a
@@ -227,11 +228,18 @@ class Delivery:
         if body and seq == room.last_seq + 1:
             self._deliver(room, events.decode(seq, body))
             return
-        # A hole (a dropped publish), or a log check with no event of its own.
-        filled = await self._log.read_all(room.slug, after=room.last_seq, until=seq)
+        # A hole (a dropped publish), or a log check with no event of its own. Read and
+        # deliver a page at a time: after a long outage the hole can be the whole history.
         self.gaps_filled += 1
-        for event in filled.events:
-            self._deliver(room, event)
+        cursor = room.last_seq
+        while cursor < seq:
+            page = await self._log.read(room.slug, after=cursor, limit=FILL_PAGE)
+            wanted = [e for e in page.events if e["seq"] <= seq]
+            for event in wanted:
+                self._deliver(room, event)
+            if len(page.events) < FILL_PAGE or len(wanted) < len(page.events):
+                break
+            cursor = page.events[-1]["seq"]
         if body and room.last_seq < seq:
             self._deliver(room, events.decode(seq, body))
 

@@ -213,9 +213,6 @@ class ClusterRuntime:
     async def detach(self, slug: str, listener: Listener) -> None:
         await self.fanout.detach(slug, listener)
 
-    async def replay(self, slug: str, *, after: int, until: int) -> LogRange:
-        return await self.log.read_all(slug, after=after, until=until)
-
     async def events(self, slug: str, *, after: int, limit: int) -> LogRange:
         return await self.log.read(slug, after=after, limit=limit)
 

@@ -161,6 +161,7 @@ async def test_edit_and_delete_outside_the_window_read_no_log_range(node: Cluste
         raise AssertionError("a command read a range of the log")
 
     node.log.read_all = no_scan  # type: ignore[method-assign]
+    node.log.read = no_scan  # type: ignore[method-assign]
     with pytest.raises(CommandError) as forbidden:
         await node.submit("room", Command("edit", "other", "e0", body="x", id=first.id))
     assert forbidden.value.code == "forbidden"

@@ -569,11 +569,6 @@ REFUSED_WITH_CLIENT_ID = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="rooms/consumers.py answers parser refusals without the frame's client_id; "
-    "rooms.protocol.FrameRefused.client_id carries it (reported to the lead)",
-)
 def test_a_refused_frame_names_its_client_id(run: Run) -> None:
     run.reopen_fuzzer_if_closed()
     for text in REFUSED_WITH_CLIENT_ID:
