@@ -35,6 +35,18 @@ ENVIRONMENT: dict[str, str] = {
     "DJANGO_DEBUG": "true/false",
     "DJANGO_ALLOWED_HOSTS": "comma-separated host names",
     "DJANGO_CSRF_TRUSTED_ORIGINS": "comma-separated origins allowed for forms and sockets",
+    "DJANGO_SECURE_COOKIES": "session and CSRF cookies only over HTTPS (default: on unless DEBUG)",
+    "DJANGO_SECURE_SSL_REDIRECT": "redirect plain HTTP to HTTPS (default: on unless DEBUG)",
+    "DJANGO_SECURE_HSTS_SECONDS": "HSTS max-age in seconds (default one year; 0 in DEBUG)",
+    "DJANGO_SECURE_PROXY_SSL_HEADER": "header a trusted proxy sets to https (X-Forwarded-Proto)",
+    "CHAT_OPS_TOKEN": "bearer token for /metrics and /api/cluster/ from non-loopback clients",
+    "CHAT_ALLOW_SQLITE": "with DEBUG off, let a node run on SQLite (one-box installs)",
+    "CHAT_LOGIN_RATE_LIMIT": "N/S: failed log-ins per username and address before a wait",
+    # identity, moderation and rooms (issue 9, items 1-3)
+    "CHAT_RATE_LIMIT_PER_ADDRESS": "N/S: the command rate limit per client address per room",
+    "CHAT_TRUSTED_PROXIES": "comma-separated proxy addresses/networks whose X-Forwarded-For counts",
+    "CHAT_ROOM_CREATORS": "who may create rooms: users (default), staff or anyone",
+    "CHAT_ROOMS_PER_USER": "rooms one user (or guest session) may create",
 }
 
 
@@ -68,7 +80,7 @@ def _env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in _env(name, default).split(",") if item.strip()]
 
 
-def parse_rate_limit(raw: str) -> tuple[int, float]:
+def parse_rate_limit(raw: str, name: str = "CHAT_RATE_LIMIT") -> tuple[int, float]:
     """``"20/10"`` -> (20, 10.0); raises ValueError with a clear message otherwise."""
     parts = raw.strip().split("/")
     try:
@@ -76,14 +88,32 @@ def parse_rate_limit(raw: str) -> tuple[int, float]:
         if len(parts) != 2 or count < 1 or seconds <= 0:
             raise ValueError
     except (ValueError, IndexError):
-        raise ValueError(f"CHAT_RATE_LIMIT={raw!r} must look like N/S, e.g. 20/10") from None
+        raise ValueError(f"{name}={raw!r} must look like N/S, e.g. 20/10") from None
     return count, seconds
 
 
-DEBUG = _env_bool("DJANGO_DEBUG", True)
-SECRET_KEY = _env("DJANGO_SECRET_KEY", "dev-only-insecure-secret-key-change-me")
+# Fail closed: DEBUG is off unless asked for, and the development key is one that Django's
+# deploy checks and ``runnode`` (chatsite/fail_closed.py) both refuse when DEBUG is off.
+DEV_SECRET_KEY = "django-insecure-dev-only-secret-key-never-use-in-production"
+DEBUG = _env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = _env("DJANGO_SECRET_KEY", DEV_SECRET_KEY)
 ALLOWED_HOSTS = _env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = _env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS: production-safe unless DEBUG (a laptop serves plain http on localhost).
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+SECURE_SSL_REDIRECT = _env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Probes and scrapes address a pod over plain http by its IP: never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$", r"^api/cluster/$"]
+SECURE_HSTS_SECONDS = _env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31536000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+_proxy_ssl_header = _env("DJANGO_SECURE_PROXY_SSL_HEADER", "")
+# Only behind a proxy that sets (overwrites) this header: otherwise clients could claim https.
+SECURE_PROXY_SSL_HEADER = (
+    ("HTTP_" + _proxy_ssl_header.upper().replace("-", "_"), "https") if _proxy_ssl_header else None
+)
+# The 500 page (DEBUG) and error mails never show credentials in URLs (chatsite/redact.py).
+DEFAULT_EXCEPTION_REPORTER_FILTER = "chatsite.redact.RedactingExceptionReporterFilter"
 
 CHAT_DATA_DIR = Path(_env("CHAT_DATA_DIR", str(BASE_DIR / "var")))
 CHAT_REDIS_URL = _env("REDIS_URL", "")
@@ -99,7 +129,21 @@ CHAT_SOCKET_BUFFER_BYTES = _env_int("CHAT_SOCKET_BUFFER_BYTES", 1048576, minimum
 CHAT_MAX_SOCKETS_PER_USER = _env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_MAX_SOCKETS_PER_ADDRESS = _env_int("CHAT_MAX_SOCKETS_PER_ADDRESS", 200)
 CHAT_LOG_LEVEL = _env("CHAT_LOG_LEVEL", "INFO").upper()
+CHAT_OPS_TOKEN = _env("CHAT_OPS_TOKEN", "")
+CHAT_ALLOW_SQLITE = _env_bool("CHAT_ALLOW_SQLITE", False)
+CHAT_LOGIN_RATE_LIMIT = parse_rate_limit(
+    _env("CHAT_LOGIN_RATE_LIMIT", "5/300"), "CHAT_LOGIN_RATE_LIMIT"
+)
 CHAT_MAX_BODY = 4000
+# identity, moderation and rooms (issue 9, items 1-3)
+CHAT_RATE_LIMIT_PER_ADDRESS = parse_rate_limit(
+    _env("CHAT_RATE_LIMIT_PER_ADDRESS", "200/10"), "CHAT_RATE_LIMIT_PER_ADDRESS"
+)
+CHAT_TRUSTED_PROXIES = _env_list("CHAT_TRUSTED_PROXIES", "")
+CHAT_ROOM_CREATORS = _env("CHAT_ROOM_CREATORS", "users").strip().lower()
+if CHAT_ROOM_CREATORS not in ("users", "staff", "anyone"):
+    raise ValueError(f"CHAT_ROOM_CREATORS={CHAT_ROOM_CREATORS!r}: use users, staff or anyone")
+CHAT_ROOMS_PER_USER = _env_int("CHAT_ROOMS_PER_USER", 20)
 
 INSTALLED_APPS = [
     "daphne",
@@ -116,7 +160,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "chatsite.middleware.ProbeMiddleware",  # first: probes from pod IPs skip the host check
+    "chatsite.middleware.ProbeMiddleware",  # first: probes (and token scrapes) skip host check
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

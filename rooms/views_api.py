@@ -15,6 +15,7 @@ from cluster.runtime import ClusterRuntime
 
 from . import metrics, selectors
 from .models import SLUG_PATTERN, Room
+from .ops_auth import ops_endpoint
 from .protocol import parse_seq
 from .runtime import current_runtime
 
@@ -148,7 +149,8 @@ def _error(status: int, code: str, detail: str) -> JsonResponse:
 
 
 @require_GET
-async def cluster(request: HttpRequest) -> JsonResponse:
+@ops_endpoint
+async def cluster(request: HttpRequest) -> HttpResponse:
     runtime = _running()
     if isinstance(runtime, JsonResponse):
         return runtime
@@ -156,6 +158,7 @@ async def cluster(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
+@ops_endpoint
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     body, content_type = metrics.render(current_runtime())
     return HttpResponse(body, content_type=content_type)

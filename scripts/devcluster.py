@@ -17,6 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from chatsite.redact import redact_url  # noqa: E402
 from cluster.embedded import EmbeddedRedis  # noqa: E402
 
 
@@ -48,6 +49,8 @@ def main() -> None:
     redis = EmbeddedRedis.start(data_dir / "redis")
     env = {
         **os.environ,
+        # Development: production settings refuse the dev key, SQLite and http (see SECURITY.md).
+        "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG") or "1",
         "REDIS_URL": os.environ.get("REDIS_URL") or redis.url,
         "CHAT_DATA_DIR": str(data_dir),
         "PYTHONUNBUFFERED": "1",
@@ -83,7 +86,7 @@ def main() -> None:
         print("\nThe chat is running (Ctrl-C stops it):", flush=True)
         for i, port in enumerate(ports):
             print(f"  node-{i + 1}: http://{args.host}:{port}/   (admin: /admin/)", flush=True)
-        print(f"  redis:  {redis.url}\n", flush=True)
+        print(f"  redis:  {redact_url(env['REDIS_URL'])}\n", flush=True)
         while not stopping and all(p.poll() is None for p in nodes):
             time.sleep(0.2)
     finally:

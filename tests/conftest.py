@@ -11,6 +11,10 @@ from django.conf import settings
 
 from cluster.embedded import EmbeddedRedis
 
+# Settings are production's (DEBUG off), but the in-process test client speaks plain http:
+# the redirect to https would answer every request 301. Node processes: support/nodes.py.
+settings.SECURE_SSL_REDIRECT = False
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:

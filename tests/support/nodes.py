@@ -43,6 +43,11 @@ def base_env(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "CHAT_DATA_DIR": str(data_dir),
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
             "PYTHONUNBUFFERED": "1",
+            # Production settings (DEBUG off) on a test box: a key, SQLite allowed, plain http.
+            "DJANGO_SECRET_KEY": "test-" + "k" * 60,
+            "CHAT_ALLOW_SQLITE": "1",
+            "DJANGO_SECURE_SSL_REDIRECT": "0",
+            "DJANGO_SECURE_COOKIES": "0",
         }
     )
     env.update(extra)

@@ -15,9 +15,11 @@ from typing import Any
 
 import daphne.server
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from chatsite import fail_closed
 from chatsite.daphne_compat import patch_daphne
+from chatsite.redact import redact_url
 from cluster.embedded import EmbeddedRedis
 
 logger = logging.getLogger("chatsite.runnode")
@@ -37,6 +39,11 @@ class Command(BaseCommand):
 
         from rooms.runtime import build_runtime, install
 
+        refused = fail_closed.problems()
+        if refused:
+            # Before anything binds a port or starts a Redis: production fails closed.
+            lines = "\n  - ".join(text for _, text in refused)
+            raise CommandError(f"refusing to start with DEBUG off:\n  - {lines}")
         patch_daphne()
         if node_name:
             settings.CHAT_NODE_NAME = node_name
@@ -44,7 +51,9 @@ class Command(BaseCommand):
         if not settings.CHAT_REDIS_URL:
             embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
             settings.CHAT_REDIS_URL = embedded.url
-            self.stdout.write(f"embedded Redis at {embedded.url} (pid {embedded.process.pid})")
+            self.stdout.write(
+                f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})"
+            )
         runtime = build_runtime(settings.CHAT_REDIS_URL)
         install(runtime)
         server = daphne.server.Server(
@@ -67,7 +76,7 @@ class Command(BaseCommand):
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(shutdown()))
             loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(shutdown()))
-            redis_url = _safe(settings.CHAT_REDIS_URL)
+            redis_url = redact_url(settings.CHAT_REDIS_URL)
             self.stdout.write(f"node {runtime.node} serving on http://{host}:{port}/ ({redis_url})")
             self.stdout.flush()
 
@@ -94,11 +103,3 @@ class Command(BaseCommand):
             if embedded is not None:
                 embedded.stop()
         sys.exit(int(state["exit"]))
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for logs."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
