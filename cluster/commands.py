@@ -16,13 +16,32 @@ MAX_CLIENT_ID = 100
 @dataclass(frozen=True)
 class Command:
     type: CommandType
-    user: str
+    user: str  # the display name, as frames show it; never an authority
     client_id: str
     body: str = ""
     id: str = ""
-    is_staff: bool = False
     # False when the server made the client_id up (the client sent none): it is not echoed.
     client_id_given: bool = True
+    # Who acts: ``u:<user id>``, ``g:<guest id>`` (a web guest's session), ``c:<random>`` (one
+    # connection of a client that gave only ``?name=``). Edits, deletes and the rate limit
+    # belong to it. Empty only in tests and tools: then ``n:<user>``.
+    principal: str = ""
+    # Whose re-sends are one command (guarantee 3): the principal, except for ``?name=``
+    # clients, whose principal dies with their connection: ``n:<name>`` for them.
+    dedupe_as: str = ""
+    # The sender may edit and delete other people's messages (the moderate_room permission,
+    # looked up again before each command).
+    can_moderate: bool = False
+    guest: bool = False  # the author is a guest: events say so (``"guest": true``)
+    address: str = ""  # the client's address, for the per-address rate limit ("" = none)
+
+    @property
+    def actor(self) -> str:
+        return self.principal or f"n:{self.user}"
+
+    @property
+    def dedupe_key(self) -> str:
+        return self.dedupe_as or self.actor
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,6 +57,9 @@ class Ack:
     seq: int
     id: str
     duplicate: bool = False
+    # An edit or delete of someone else's message by a moderator: the node that took the
+    # command logs it with who did it.
+    moderated: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,7 +75,7 @@ def validate(command: Command, *, max_body: int) -> None:
     forwarded by another node is checked where it is applied)."""
     if command.type not in COMMAND_TYPES:
         raise CommandError("bad_request", f"unknown command type {command.type!r}")
-    for name in ("client_id", "body", "id", "user"):
+    for name in ("client_id", "body", "id", "user", "principal", "dedupe_as", "address"):
         if not _encodable(getattr(command, name)):
             # A lone surrogate: Redis (and every client) needs UTF-8, which it has none of.
             raise CommandError("bad_request", f"{name} is not valid Unicode text")

@@ -11,6 +11,7 @@ class ClusterConfig:
     lease_ttl_ms: int = 3000
     history_limit: int = 10_000
     rate_limit: tuple[int, float] = (20, 10.0)
+    rate_limit_per_address: tuple[int, float] = (200, 10.0)  # the same, per client address
     send_timeout_ms: int = 5000
     room_idle_s: float = 300.0
     drain_timeout_s: float = 20.0

@@ -17,14 +17,20 @@ class SlidingWindowLimiter:
         self._hits: dict[str, deque[float]] = {}
 
     def allow(self, key: str) -> bool:
+        """Count one hit for ``key`` if it has room; False (nothing counted) if not."""
+        if not self.has_room(key):
+            return False
+        self._hits[key].append(self._clock())
+        return True
+
+    def has_room(self, key: str) -> bool:
+        """Whether one more hit for ``key`` is allowed now (counts nothing): a command checked
+        against several limits spends from none of them when one refuses."""
         now = self._clock()
         hits = self._hits.setdefault(key, deque())
         while hits and hits[0] <= now - self._window:
             hits.popleft()
-        if len(hits) >= self._limit:
-            return False
-        hits.append(now)
-        return True
+        return len(hits) < self._limit
 
     def forget_idle(self) -> None:
         now = self._clock()

@@ -115,7 +115,9 @@ class RoomServer:
         self._checkpoint = checkpoint
         self._clock = clock
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()  # None: stop
-        self._limiter = SlidingWindowLimiter(*config.rate_limit)
+        self._limiter = SlidingWindowLimiter(*config.rate_limit)  # per principal
+        self._address_limiter = SlidingWindowLimiter(*config.rate_limit_per_address)
+        self._commands_seen = 0
         self._recent: OrderedDict[tuple[str, str], Ack] = OrderedDict()
         self._current: _Pending | None = None
         # Set when Redis failed in the middle of a command: it may or may not have been
@@ -329,12 +331,22 @@ class RoomServer:
 
     async def _handle(self, command: Command) -> Ack:
         validate(command, max_body=self._config.max_body)
-        recent = self._recent.get((command.user, command.client_id))
+        recent = self._recent.get((command.dedupe_key, command.client_id))
         if recent is not None:
             return _duplicate(recent)
         try:
-            if not self._limiter.allow(command.user):
+            # Keyed by principal (a new display name is no new budget) and by address.
+            limited = [(self._limiter, command.actor)]
+            if command.address:
+                limited.append((self._address_limiter, command.address))
+            if not all(limiter.has_room(key) for limiter, key in limited):
                 raise CommandError("rate_limited", "too many commands; slow down")
+            for limiter, key in limited:
+                limiter.allow(key)
+            self._commands_seen += 1
+            if self._commands_seen % 1000 == 0:  # one key per connection for ?name= clients
+                self._limiter.forget_idle()
+                self._address_limiter.forget_idle()
             event = await self._event_for(command)
         except CommandError:
             # A re-send of a command that was applied (by us before a restart, or by a
@@ -345,7 +357,7 @@ class RoomServer:
                 return prior
             raise
         ts = self.state.clock.now()
-        marker = new_marker(command.body, command.user, command.id)
+        marker = new_marker(command.body, command.user, command.id, command.actor)
         provisional = {**event, "seq": marker}
         if command.type == "send":
             provisional["id"] = "m" + marker
@@ -359,7 +371,7 @@ class RoomServer:
                 node=self.lease.node,
                 epoch=self.lease.epoch,
                 event=event,
-                user=command.user,
+                user=command.dedupe_key,
                 client_id=command.client_id,
                 event_id="" if command.type == "send" else command.id,
                 state_delta=delta_template(delta, marker) if delta.entries() else "",
@@ -376,19 +388,20 @@ class RoomServer:
             self._since_snapshot += 1
             if self._since_snapshot >= SNAPSHOT_EVERY:
                 await self.snapshot()
-        ack = Ack(command.client_id, result.seq, result.id, result.duplicate)
+        moderated = bool(event.get("moderator")) and not result.duplicate
+        ack = Ack(command.client_id, result.seq, result.id, result.duplicate, moderated)
         self._remember(command, ack)
         return ack
 
     def _remember(self, command: Command, ack: Ack) -> None:
-        self._recent[(command.user, command.client_id)] = ack
+        self._recent[(command.dedupe_key, command.client_id)] = ack
         if len(self._recent) > RECENT_ACKS:
             self._recent.popitem(last=False)
 
     async def _applied_before(self, command: Command) -> Ack | None:
         if not command.client_id_given:
             return None
-        found = await self._log.find_applied(self.slug, command.user, command.client_id)
+        found = await self._log.find_applied(self.slug, command.dedupe_key, command.client_id)
         if found is None:
             return None
         ack = Ack(command.client_id, found.seq, found.id, duplicate=True)
@@ -397,19 +410,30 @@ class RoomServer:
 
     async def _event_for(self, command: Command) -> events.Event:
         now_ms = int(time.time() * 1000)
+        # ``author``: the principal, kept in the log so that ownership of an old message is
+        # known after a hand-off. Public: a user id, a connection's random id, or a one-way
+        # per-room token of a web guest's session id (the session id itself never leaves it).
         if command.type == "send":
-            return {
+            message: events.Event = {
                 "type": "message",
                 "room": self.slug,
                 "user": command.user,
                 "body": command.body,
                 "ts": now_ms,
                 "client_id": command.client_id if command.client_id_given else None,
+                "author": command.actor,
             }
+            if command.guest:
+                message["guest"] = True
+            return message
         target = await self._message(command.id)
         if target is None:
             raise CommandError("not_found", f"no message {command.id!r} in this room")
-        if target["user"] != command.user and not command.is_staff:
+        # The author's principal, never the display name: two guests called "sam" are two
+        # people, and whoever registers "sam" later gets no rights over either's messages.
+        # A message logged before authors were recorded belongs to nobody (moderators only).
+        own = target.get("author") is not None and target.get("author") == command.actor
+        if not own and not command.can_moderate:
             raise CommandError("forbidden", "you can only change your own messages")
         if target["deleted"]:
             raise CommandError("not_found", f"message {command.id!r} was deleted")
@@ -418,6 +442,11 @@ class RoomServer:
         if command.type == "edit":
             event["body"] = command.body
         event["ts"] = now_ms
+        event["author"] = command.actor
+        if command.guest:
+            event["guest"] = True
+        if not own:
+            event["moderator"] = True  # shown as a moderator's change, not the author's
         return event
 
     async def _message(self, message_id: str) -> dict[str, Any] | None:
@@ -429,7 +458,12 @@ class RoomServer:
         original, deleted = await self._log.message(self.slug, message_id)
         if original is None:
             return None
-        return {"user": original["user"], "body": original["body"], "deleted": deleted}
+        return {
+            "user": original["user"],
+            "body": original["body"],
+            "author": original.get("author"),
+            "deleted": deleted,
+        }
 
 
 def _duplicate(ack: Ack) -> Ack:

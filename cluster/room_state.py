@@ -28,6 +28,8 @@ class RoomState:
         kind = event["type"]
         if kind == "message":
             value = {"user": event["user"], "body": event["body"], "seq": event["seq"]}
+            if event.get("author") is not None:
+                value["author"] = event["author"]  # who may change it (room_server)
             delta.set(f"msg:{event['id']}", value, ts)
         elif kind == "edit":
             original = self.map.get(f"msg:{event['id']}")

@@ -31,13 +31,13 @@ from cluster.commands import Command
 from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
 
-from . import selectors
-from .identity import IdentityRefused, identify
+from . import selectors, services
+from .identity import Identity, IdentityRefused, Recheck, claim_guest_name, client_address, identify
 from .outbox import Frame, Outbox, encode
 from .protocol import FrameRefused, error_frame, parse_after, parse_client_frame
 from .runtime import current_runtime
 from .socket_budget import SendBudget, SocketStalled
-from .socket_caps import Slot, caps_of, client_address
+from .socket_caps import Slot, caps_of
 
 logger = logging.getLogger("rooms.consumers")
 
@@ -74,7 +74,9 @@ def _running(runtime: ClusterRuntime | None) -> bool:
 class RoomConsumer(AsyncWebsocketConsumer):
     user = ""
     slug = ""
-    is_staff = False
+    identity: Identity | None = None
+    recheck: Recheck | None = None
+    address = ""
     runtime: ClusterRuntime | None = None
     attached = False
     closing = False  # a close frame went (or the socket is gone): nothing more is written
@@ -133,14 +135,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if room.archived:
             raise Refuse(CLOSE_FORBIDDEN, "room archived")
         try:
-            identity = await identify(self.scope.get("user"), query.get("name", [None])[0])
+            identity = await identify(self.scope, self.slug, query.get("name", [None])[0])
+            if identity.is_guest:
+                online = (await runtime.online([self.slug])).get(self.slug, [])
+                await claim_guest_name(runtime.redis, self.slug, identity, online)
         except IdentityRefused as refused:
             frame = error_frame("forbidden", str(refused))
             raise Refuse(CLOSE_FORBIDDEN, str(refused), frame) from None
-        self.user, self.is_staff = identity.name, identity.is_staff
+        self.identity, self.user = identity, identity.name
+        self.recheck = Recheck(identity)
+        self.address = client_address(self.scope)
         self.slot = caps_of(runtime).acquire(
-            self.user,
-            client_address(self.scope),
+            identity.dedupe_as,  # the stable identity: a ?name= client's name, not its socket
+            self.address,
             max_per_principal=settings.CHAT_MAX_SOCKETS_PER_USER,
             max_per_address=settings.CHAT_MAX_SOCKETS_PER_ADDRESS,
         )
@@ -172,6 +179,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _greet(self, last_seq: int, users: list[str]) -> None:
         assert self.runtime is not None
         hello = {"type": "hello", "room": self.slug, "node": self.runtime.node, "user": self.user}
+        if self.identity is not None:
+            # Additive fields: the author token that marks this socket's own messages, and
+            # whether it is a guest; ``moderator`` if it may change anyone's messages.
+            hello["author"] = self.identity.principal
+            hello["guest"] = self.identity.is_guest
+            hello["moderator"] = self.identity.can_moderate
         await self._write({**hello, "last_seq": last_seq})
         await self._write({"type": "presence_state", "users": users})
 
@@ -405,6 +418,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 raise CommandError("bad_request", "binary frames are not part of the protocol")
             frame = parse_client_frame(text_data)
             client_id = frame.client_id
+            identity = await self._current_identity()
+            if identity is None:
+                await self._reply(error_frame("forbidden", "your session ended", client_id))
+                self.request_close(CLOSE_FORBIDDEN)
+                return
             if frame.type == "typing":
                 await self._typing()
                 return
@@ -414,10 +432,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 client_id=client_id or f"srv-{uuid.uuid4().hex}",
                 body=frame.body,
                 id=frame.id,
-                is_staff=self.is_staff,
                 client_id_given=client_id is not None,
+                principal=identity.principal,
+                dedupe_as=identity.dedupe_as,
+                can_moderate=identity.can_moderate,
+                guest=identity.is_guest,
+                address=self.address,
             )
             ack = await self.runtime.submit(self.slug, command)
+            if ack.moderated:
+                await self._log_moderation(identity, command)
         except CommandError as exc:
             if isinstance(exc, FrameRefused) and client_id is None:
                 client_id = exc.client_id  # a refused frame's own client_id, when it had one
@@ -428,6 +452,25 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._reply(error_frame("unavailable", "try again", client_id))
             return
         await self._reply({"type": "ack", "client_id": client_id, "seq": ack.seq, "id": ack.id})
+
+    async def _log_moderation(self, identity: Identity, command: Command) -> None:
+        try:
+            await services.moderation_alog(
+                user_id=identity.user_id,
+                name=identity.name,
+                action=command.type,
+                slug=self.slug,
+                target=command.id,
+            )
+        except Exception:  # the change is durable: its ack must still go
+            logger.exception("could not log %s's %s of %s", identity.name, command.type, command.id)
+
+    async def _current_identity(self) -> Identity | None:
+        """The socket's identity now: a user's session and account are looked up again (at
+        most once a second); None once they are gone (logout, deactivation)."""
+        if self.recheck is None:
+            return None
+        return await self.recheck.current()
 
     async def _reply(self, frame: Frame) -> None:
         """An answer to the client's own command: written now, unless the socket is already

@@ -35,8 +35,17 @@ class Room(models.Model):
 
     objects = RoomQuerySet.as_manager()
 
+    # Who created it, as a principal (``u:<id>`` or ``g:<guest id>``): the per-creator limit
+    # (CHAT_ROOMS_PER_USER) counts these, guests included when CHAT_ROOM_CREATORS is "anyone".
+    created_by_principal = models.CharField(max_length=80, blank=True, db_index=True)
+
     class Meta:
         ordering = ["name", "slug"]
+        permissions = [
+            ("moderate_room", "Can moderate rooms: archive, unarchive, edit or delete any message"),
+            ("purge_history", "Can purge a room's history"),
+            ("move_room", "Can move a room to another node"),
+        ]
 
     def __str__(self) -> str:
         return self.name or self.slug
@@ -44,3 +53,48 @@ class Room(models.Model):
     @property
     def archived(self) -> bool:
         return self.archived_at is not None
+
+
+class RoomTombstone(models.Model):
+    """A deleted room's seq high water: a room created again under its slug starts above it,
+    so no client resuming with an old ``after=`` reads another room's events as its own."""
+
+    slug = models.CharField(max_length=50, unique=True)
+    seq_high_water = models.BigIntegerField(default=0)
+    deleted_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.slug} (deleted, seqs up to {self.seq_high_water})"
+
+
+class ModerationLog(models.Model):
+    """Who did what to which room or message, as a moderator (admin actions and socket edits
+    or deletes of other people's messages). Written once, never edited."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    actor_name = models.CharField(max_length=150)  # kept when the account is gone
+    action = models.CharField(max_length=30)
+    room_slug = models.CharField(max_length=50, db_index=True)
+    target = models.CharField(max_length=40, blank=True)  # a message id, for edits and deletes
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        target = f" {self.target}" if self.target else ""
+        return f"{self.actor_name} {self.action} {self.room_slug}{target}"
+
+
+class NameKey(models.Model):
+    """The confusable keys of each registered user's name (rooms.names.keys), so that a guest
+    name is checked against every account in one indexed query."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    key = models.CharField(max_length=255, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="namekey_user_key")]

@@ -82,13 +82,62 @@ def room_reopen(slug: str) -> None:
 
 
 def room_purge(slug: str) -> int:
-    """Drop the room's log and state; return the seq high-water (kept, so seqs never repeat)."""
+    """Drop the room's log and state; return the seq high-water (kept, so seqs never repeat).
+
+    The lease goes in the same step: the owner's next append or snapshot is fenced, so the
+    window of messages it holds in memory is never written back nor edited; the next owner
+    (a new epoch: the epoch counter stays) starts from the empty log.
+    """
     k = RoomKeys(slug)
     pipe = client().pipeline(transaction=True)
     pipe.get(k.seq)
-    pipe.delete(k.log, k.state)
-    seq, _ = pipe.execute()
+    pipe.hget(k.lease, "node")
+    pipe.delete(k.log, k.state, k.deleted, k.lease)
+    seq, owner, _ = pipe.execute()
+    if owner:
+        _announce_released(slug, owner)
     return int(seq or 0)
+
+
+def room_high_water(slug: str) -> int:
+    """The highest seq Redis knows the room issued or reserved."""
+    k = RoomKeys(slug)
+    pipe = client().pipeline(transaction=False)
+    pipe.get(k.seq)
+    pipe.get(k.reserved)
+    pipe.xrevrange(k.log, count=1)
+    seq, reserved, last = pipe.execute()
+    from_log = int(str(last[0][0]).split("-", 1)[0]) if last else 0
+    return max(int(seq or 0), int(reserved or 0), from_log)
+
+
+def room_forget(slug: str) -> None:
+    """A deleted room: every key of it goes but the epoch counter (fencing epochs only grow),
+    and the room is marked closed so a still-running owner refuses appends until the slug is
+    created again (``room_reopen``)."""
+    r = client()
+    k = RoomKeys(slug)
+    owner = r.hget(k.lease, "node")
+    doomed = [k.log, k.seq, k.reserved, k.lease, k.presence, k.state, k.deleted, names_key(slug)]
+    doomed += list(r.scan_iter(match=f"{k.tag}:dedupe:*", count=1000))
+    pipe = r.pipeline(transaction=False)
+    pipe.delete(*doomed)
+    pipe.set(k.closed, str(int(time.time())))
+    pipe.execute()
+    if owner:
+        _announce_released(slug, owner)
+
+
+def names_key(slug: str) -> str:
+    """Hash: display name -> the holder of that name among the room's guests."""
+    return f"{RoomKeys(slug).tag}:names"
+
+
+def _announce_released(slug: str, owner: str) -> None:
+    # Nodes drop their cached owner of the room (as after a release), so the next command
+    # looks the lease up again instead of going to a fenced server.
+    payload = {"op": "released", "room": slug, "node": owner, "epoch": 0}
+    client().publish(keys.CLUSTER_CHANNEL, json.dumps(payload))
 
 
 def room_move(slug: str, to: str | None = None) -> int:

@@ -22,6 +22,7 @@ def config_from_settings(**overrides: object) -> ClusterConfig:
         "lease_ttl_ms": settings.CHAT_LEASE_TTL_MS,
         "history_limit": settings.CHAT_HISTORY_LIMIT,
         "rate_limit": settings.CHAT_RATE_LIMIT,
+        "rate_limit_per_address": settings.CHAT_RATE_LIMIT_PER_ADDRESS,
         "send_timeout_ms": settings.CHAT_SEND_TIMEOUT_MS,
         "room_idle_s": float(settings.CHAT_ROOM_IDLE_S),
         "drain_timeout_s": float(settings.CHAT_DRAIN_TIMEOUT_S),

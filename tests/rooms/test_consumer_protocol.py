@@ -54,6 +54,9 @@ async def test_hello_then_presence_state(runtime: Any) -> None:
     await make_room()
     comm, _ = await connect("/ws/rooms/lobby/?name=alice")
     hello = await recv(comm)
+    # Additive fields (issue 9): the socket's author token, guest and moderator flags.
+    author, guest, moderator = hello.pop("author"), hello.pop("guest"), hello.pop("moderator")
+    assert author.startswith("c:") and guest is True and moderator is False
     assert hello == {
         "type": "hello",
         "room": "lobby",
@@ -148,10 +151,11 @@ async def test_edit_and_delete_own_message(runtime: Any) -> None:
     await bob.disconnect()
 
 
-async def test_staff_may_delete_any_message(runtime: Any) -> None:
+async def test_a_moderator_may_delete_any_message(runtime: Any) -> None:
+    # The moderate_room permission, not is_staff (issue 9: tests/rooms/test_moderation.py).
     await make_room()
     user_model = get_user_model()
-    staff = await sync_to_async(user_model.objects.create_user)("mod", password="x", is_staff=True)
+    staff = await sync_to_async(_moderator)(user_model)
     alice = await joined("lobby", "alice")
     await alice.send_json_to({"type": "send", "body": "spam", "client_id": "c1"})
     await recv_until(alice, "ack")
@@ -163,6 +167,14 @@ async def test_staff_may_delete_any_message(runtime: Any) -> None:
     assert (await recv_until(comm, "ack"))["seq"] == 2
     await comm.disconnect()
     await alice.disconnect()
+
+
+def _moderator(user_model: Any) -> Any:
+    from django.contrib.auth.models import Permission
+
+    user = user_model.objects.create_user("mod", password="x", is_staff=True)
+    user.user_permissions.add(Permission.objects.get(codename="moderate_room"))
+    return user_model.objects.get(pk=user.pk)  # a fresh object: no stale permission cache
 
 
 @pytest.mark.parametrize(

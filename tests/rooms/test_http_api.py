@@ -65,7 +65,7 @@ async def test_events_api_pages_and_validates(runtime: Any) -> None:
     assert [e["seq"] for e in page["events"]] == [2, 3]
     assert page["events"][0] == {
         "type": "message", "room": "lobby", "seq": 2, "id": "m2", "user": "u", "body": "m1",
-        "ts": page["events"][0]["ts"], "client_id": "c1",
+        "ts": page["events"][0]["ts"], "client_id": "c1", "author": "n:u",
     }  # fmt: skip
     everything = (await client.get("/api/rooms/lobby/events")).json()
     assert [e["seq"] for e in everything["events"]] == [1, 2, 3, 4, 5]
