@@ -14,12 +14,14 @@ import asyncio
 import contextlib
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from tests.chaos import faults
 from tests.chaos.harness import Run
@@ -28,6 +30,7 @@ from tests.chaos.world import Settings, World
 
 FAULT_TIMEOUT_S = 90.0  # a fault that takes longer is itself a finding; the campaign goes on
 HEAL_TIMEOUT_S = 60.0
+MAX_UNHEALED = 3  # faults in a row after which the cluster did not heal: stop, report
 
 Choice = Callable[[World, random.Random, Run], Awaitable[str]]
 
@@ -125,6 +128,7 @@ async def campaign(args: argparse.Namespace) -> int:
         started = now()
         names = args.faults or list(MENU)
         weights = [MENU[n][0] for n in names]
+        unhealed = 0
         while now() - started < args.duration:
             await asyncio.sleep(args.fault_every * (0.5 + rng.random()))
             if now() - started >= args.duration:
@@ -136,8 +140,17 @@ async def campaign(args: argparse.Namespace) -> int:
             except Exception as exc:  # the campaign records it and goes on
                 failed.append(f"{name}: {exc!r}"[:300])
                 world.note(f"fault {name} failed: {exc!r}"[:300])
-            with contextlib.suppress(Exception):
+            try:
                 await _heal(world)
+                unhealed = 0
+            except Exception as exc:
+                unhealed += 1
+                world.note(f"could not heal the cluster: {exc!r}"[:300])
+                if unhealed >= MAX_UNHEALED:
+                    world.anomalies.append(
+                        f"cluster not healed after {unhealed} tries: {exc!r}"[:500]
+                    )
+                    break
         print("faults: " + ", ".join(f"{n} x{k}" for n, k in sorted(tally.items())), flush=True)
         for room in rooms:
             await run.add_resumer(room)
@@ -153,8 +166,9 @@ async def campaign(args: argparse.Namespace) -> int:
         if ok and not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
-            print(f"node logs, Redis files and history.json kept in {tmp} "
-                  f"(check again: python -m tests.chaos.checker {tmp}/history.json)")  # fmt: skip
+            print(f"node logs and Redis files kept in {tmp}")
+            if (tmp / "history.json").exists():
+                print(f"check again: python -m tests.chaos.checker {tmp}/history.json")
         print(f"chaos campaign seed {args.seed}: {'PASSED' if ok else 'FAILED'}", flush=True)
     return 0 if ok else 1
 
@@ -176,6 +190,20 @@ def _rss(world: World) -> dict[str, int]:
                 if line.startswith("VmRSS:"):
                     out[node.name] = int(line.split()[1]) // 1024
     return out
+
+
+async def _interruptible(work: Coroutine[Any, Any, int]) -> int:
+    """SIGINT or SIGTERM cancel the campaign, so that its clean-up ends every process it
+    started (a campaign in the background ignores SIGINT: SIGTERM it)."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        print("chaos campaign interrupted", flush=True)
+        return 130
 
 
 def _fault_names(text: str) -> list[str]:
@@ -204,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seed = random.SystemRandom().randrange(1, 2**31)
     print(f"seed {args.seed} (again: --seed {args.seed})", flush=True)
     started = time.monotonic()
-    code = asyncio.run(campaign(args))
+    code = asyncio.run(_interruptible(campaign(args)))
     print(f"took {time.monotonic() - started:.0f}s")
     return code
 

@@ -170,6 +170,9 @@ class World:
             "CHAT_RATE_LIMIT": "1000/1",
             "CHAT_RATE_LIMIT_PER_ADDRESS": "100000/1",
             "CHAT_MAX_SOCKETS_PER_ADDRESS": "10000",
+            # Production settings (DEBUG off) on a test box: a key, SQLite allowed.
+            "DJANGO_SECRET_KEY": "chaos-" + "k" * 60,
+            "CHAT_ALLOW_SQLITE": "1",
             **s.env,
         }
         if s.template_db is not None:
