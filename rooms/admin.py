@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
 from . import redis_admin, services
-from .models import Room
+from .models import ModerationLog, Room
 
 
 class ArchivedFilter(admin.SimpleListFilter):
@@ -66,29 +68,118 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def archived(self, room: Room) -> bool:
         return room.archived
 
-    @admin.action(description="Archive: refuse new messages, hide from the room list")
-    def archive_rooms(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+    # Moderation is a permission, not staff status: each action names the one it needs, and
+    # the admin neither offers nor runs it for anyone without it.
+    def has_moderate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.moderate_room")
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.purge_history")
+
+    def has_move_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.move_room")
+
+    def _confirmed(
+        self, request: HttpRequest, queryset: QuerySet[Room], action: str, what: str
+    ) -> TemplateResponse | None:
+        """None once the user confirmed (``post=yes``); else the confirmation page, as
+        ``delete_selected`` has."""
+        if request.POST.get("post") == "yes":
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Are you sure?",
+            "opts": self.model._meta,
+            "queryset": queryset,
+            "action": action,
+            "what": what,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        return TemplateResponse(request, "admin/rooms/room/action_confirmation.html", context)
+
+    @admin.action(
+        description="Archive: refuse new messages, hide from the room list",
+        permissions=["moderate"],
+    )
+    def archive_rooms(
+        self, request: HttpRequest, queryset: QuerySet[Room]
+    ) -> TemplateResponse | None:
+        page = self._confirmed(
+            request, queryset, "archive_rooms", "archive (no new messages; hidden and 404 for all)"
+        )
+        if page is not None:
+            return page
         for room in queryset:
-            services.room_archive(room)
+            services.room_archive(room, by=request.user)
         self.message_user(request, f"Archived {queryset.count()} room(s).", messages.SUCCESS)
+        return None
 
-    @admin.action(description="Unarchive")
-    def unarchive_rooms(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+    @admin.action(description="Unarchive", permissions=["moderate"])
+    def unarchive_rooms(
+        self, request: HttpRequest, queryset: QuerySet[Room]
+    ) -> TemplateResponse | None:
+        page = self._confirmed(request, queryset, "unarchive_rooms", "unarchive")
+        if page is not None:
+            return page
         for room in queryset:
-            services.room_unarchive(room)
+            services.room_unarchive(room, by=request.user)
         self.message_user(request, f"Unarchived {queryset.count()} room(s).", messages.SUCCESS)
+        return None
 
-    @admin.action(description="Purge history (seqs are never reused)")
-    def purge_history(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+    @admin.action(description="Purge history (seqs are never reused)", permissions=["purge"])
+    def purge_history(
+        self, request: HttpRequest, queryset: QuerySet[Room]
+    ) -> TemplateResponse | None:
+        page = self._confirmed(
+            request, queryset, "purge_history", "purge the history of (cannot be undone)"
+        )
+        if page is not None:
+            return page
         for room in queryset:
-            services.room_purge_history(room)
+            services.room_purge_history(room, by=request.user)
         self.message_user(request, f"Purged {queryset.count()} room(s).", messages.SUCCESS)
+        return None
 
-    @admin.action(description="Move to another node (hand-off, no lost messages)")
-    def move_rooms(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+    @admin.action(
+        description="Move to another node (hand-off, no lost messages)", permissions=["move"]
+    )
+    def move_rooms(self, request: HttpRequest, queryset: QuerySet[Room]) -> TemplateResponse | None:
+        page = self._confirmed(request, queryset, "move_rooms", "move to another node")
+        if page is not None:
+            return page
         for room in queryset:
-            redis_admin.room_move(room.slug)
+            services.room_move(room, by=request.user)
         self.message_user(
             request, f"Asked the owners of {queryset.count()} room(s) to hand them off.",
             messages.SUCCESS,
         )  # fmt: skip
+        return None
+
+    def delete_model(self, request: HttpRequest, obj: Room) -> None:
+        super().delete_model(request, obj)  # the signal leaves a tombstone, drops Redis keys
+        services.moderation_log(request.user, "delete", obj.slug)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Room]) -> None:
+        slugs = list(queryset.values_list("slug", flat=True))
+        super().delete_queryset(request, queryset)
+        for slug in slugs:
+            services.moderation_log(request.user, "delete", slug)
+
+
+@admin.register(ModerationLog)
+class ModerationLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Read only: a record of who did what, never edited."""
+
+    list_display = ["created_at", "actor_name", "action", "room_slug", "target", "detail"]
+    list_filter = ["action", "created_at"]
+    search_fields = ["actor_name", "room_slug", "target"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

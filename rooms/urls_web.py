@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views_web.home, name="home"),
     path("rooms/new/", views_web.room_create, name="room-create"),
     path("r/<str:slug>/", views_web.room, name="room"),
+    path("r/<str:slug>/guest", views_web.room_guest, name="room-guest"),
     path("accounts/signup/", views_web.signup, name="signup"),
     path(
         "accounts/login/",

@@ -10,11 +10,10 @@ from django.views.decorators.http import require_GET
 
 from cluster.errors import CommandError
 from cluster.log import LogRange
-from cluster.registry import Lease
 from cluster.runtime import ClusterRuntime
 
 from . import metrics, selectors
-from .models import SLUG_PATTERN, Room
+from .models import SLUG_PATTERN
 from .ops_auth import ops_endpoint
 from .protocol import parse_seq
 from .runtime import current_runtime
@@ -57,11 +56,18 @@ async def rooms_list(request: HttpRequest) -> JsonResponse:
     runtime = _running()
     if isinstance(runtime, JsonResponse):
         return runtime
-    rooms = [room async for room in Room.objects.active().order_by("name", "slug")]
+    # Paginated (``?page=``, 1-based); ``next`` is the next page's number, or null.
+    try:
+        number = parse_seq("page", request.GET.get("page", "1"))
+        if number < 1:
+            raise CommandError("bad_request", "page must be at least 1")
+    except CommandError as exc:
+        return _error(400, exc.code, exc.detail)
+    rooms, more = await selectors.room_apage(number)
     slugs = [room.slug for room in rooms]
     try:
         online = await runtime.online(slugs)
-        owners = {slug: await runtime.registry.lookup(slug) for slug in slugs}
+        owners = await selectors.room_owners(runtime.redis, slugs)  # one round trip
     except Exception:  # Redis unreachable or failing over: the client retries
         logger.warning("rooms list: Redis could not be read", exc_info=True)
         return _error(503, "unavailable", "room owners cannot be read now; try again")
@@ -75,14 +81,15 @@ async def rooms_list(request: HttpRequest) -> JsonResponse:
                     "online": len(online[room.slug]),
                 }
                 for room in rooms
-            ]
+            ],
+            "next": number + 1 if more else None,
         }
     )
 
 
-def _live_owner(runtime: ClusterRuntime, lease: Lease | None) -> str | None:
-    if lease is not None and runtime.membership.is_live(lease.node):
-        return lease.node
+def _live_owner(runtime: ClusterRuntime, node: str | None) -> str | None:
+    if node is not None and runtime.membership.is_live(node):
+        return node
     return None
 
 
@@ -96,7 +103,7 @@ async def room_events(request: HttpRequest, slug: str) -> JsonResponse:
         # with text a database may refuse (PostgreSQL and NUL).
         return _error(404, "not_found", f"no room {slug[:60]!r}")
     room = await selectors.room_aget(slug)
-    if room is None:
+    if room is None or room.archived:  # an archived room's history is nobody's to read
         return _error(404, "not_found", f"no room {slug!r}")
     try:
         after, before, limit = _page_params(request)

@@ -1,7 +1,8 @@
 """The web chat's pages: the room list with its create form, the room page, and sign-up.
 
-Who may create a room: a signed-in user always; a guest too while ``CHAT_ALLOW_GUESTS`` is on
-(the same rule as for talking: where anyone may chat, anyone may open a room). The room page
+Who may create a room is ``CHAT_ROOM_CREATORS`` (users, staff or anyone), at most
+``CHAT_ROOMS_PER_USER`` each (``services.room_create_for``). A guest joins a room through the
+guest form, which keeps a guest id and the display name in the session. The room page
 renders no messages itself: ``static/chat/chat.js`` reads history from the events API and then
 follows the room's socket. Log in and log out are Django's own views (see ``urls_web``).
 """
@@ -16,8 +17,8 @@ import redis
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
-from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -41,9 +42,10 @@ class RoomRow:
     online: list[str] | None  # None: unknown (Redis unreachable)
 
 
-def room_rows() -> tuple[list[RoomRow], bool]:
-    """Active rooms with who is online in each; the flag says whether the counts are known."""
-    rooms = selectors.room_list()
+def room_rows(page: object = 1) -> tuple[list[RoomRow], bool]:
+    """One page of active rooms with who is online in each; the flag says whether the counts
+    are known."""
+    rooms = list(selectors.room_page(page))
     try:
         stats = redis_admin.room_stats([room.slug for room in rooms])
     except STATS_ERRORS as exc:
@@ -53,26 +55,35 @@ def room_rows() -> tuple[list[RoomRow], bool]:
 
 
 def can_create_rooms(request: HttpRequest) -> bool:
-    return bool(request.user.is_authenticated or settings.CHAT_ALLOW_GUESTS)
+    """Whether the create form is offered (the policy; the per-user limit is checked on
+    submit)."""
+    policy = settings.CHAT_ROOM_CREATORS
+    user = request.user
+    if policy == "staff":
+        return bool(user.is_authenticated and user.is_staff)
+    if policy == "users":
+        return bool(user.is_authenticated)
+    return bool(user.is_authenticated or settings.CHAT_ALLOW_GUESTS)
+
+
+def _list_context(request: HttpRequest) -> dict[str, Any]:
+    page = selectors.room_page(request.GET.get("page", 1))
+    rows, stats_ok = room_rows(page.number)
+    return {"rows": rows, "stats_ok": stats_ok, "room_list_id": ROOM_LIST_ID, "page": page}
 
 
 def _home_context(request: HttpRequest, form: RoomCreateForm | None = None) -> dict[str, Any]:
-    rows, stats_ok = room_rows()
     return {
-        "rows": rows,
-        "stats_ok": stats_ok,
+        **_list_context(request),
         "form": form or RoomCreateForm(),
         "can_create": can_create_rooms(request),
-        "room_list_id": ROOM_LIST_ID,
     }
 
 
 @require_GET
 def home(request: HttpRequest) -> HttpResponse:
     if request.htmx and request.htmx.target == ROOM_LIST_ID:
-        rows, stats_ok = room_rows()
-        context = {"rows": rows, "stats_ok": stats_ok, "room_list_id": ROOM_LIST_ID}
-        return render(request, "rooms/_room_list.html", context)
+        return render(request, "rooms/_room_list.html", _list_context(request))
     return render(request, "rooms/home.html", _home_context(request))
 
 
@@ -80,13 +91,18 @@ def home(request: HttpRequest) -> HttpResponse:
 def room_create(request: HttpRequest) -> HttpResponse:
     """Create a room (idempotent on the slug) and go to it; on bad input show the form again."""
     if not can_create_rooms(request):
-        return HttpResponseForbidden("Log in to create a room.")
+        return HttpResponseForbidden("You may not create rooms here.")
     form = RoomCreateForm(request.POST)
     if form.is_valid():
         try:
-            room, _ = services.room_create(
-                slug=form.cleaned_data["slug"], name=form.cleaned_data["name"], by=request.user
+            room, _ = services.room_create_for(
+                user=request.user,
+                session=request.session,
+                slug=form.cleaned_data["slug"],
+                name=form.cleaned_data["name"],
             )
+        except PermissionDenied as exc:
+            form.add_error(None, str(exc))
         except ValidationError as exc:
             # A dict of field errors (the name) or one message about the slug.
             form.add_error(None if hasattr(exc, "error_dict") else "slug", exc)
@@ -109,11 +125,17 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         raise Http404("No such room.")
     user = request.user
     signed_in = bool(user.is_authenticated)
+    guest = request.session.get(services.GUEST_SESSION_KEY)
+    guest_name = guest.get("name") if isinstance(guest, dict) and not signed_in else None
     chat_config = {
         "slug": found.slug,
         "name": found.name,
         "user": user.get_username() if signed_in else None,
-        "isStaff": bool(signed_in and user.is_staff),
+        # May edit and delete other people's messages (the permission; the socket's hello
+        # says it again, and the room's owner checks it on every command).
+        "isStaff": bool(signed_in and user.has_perm("rooms.moderate_room")),
+        "guestName": guest_name or None,  # the session's guest name, if it joined as one
+        "guestUrl": reverse("room-guest", args=[found.slug]),
         "guestsAllowed": settings.CHAT_ALLOW_GUESTS,
         "guestNameMax": services.GUEST_NAME_MAX,
         "maxBody": settings.CHAT_MAX_BODY,
@@ -126,6 +148,24 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "can_chat": signed_in or settings.CHAT_ALLOW_GUESTS,
     }
     return render(request, "rooms/room.html", context)
+
+
+@require_POST
+def room_guest(request: HttpRequest, slug: str) -> JsonResponse:
+    """The guest form: a display name for this browser session (a guest id kept with it in the
+    session is the guest's identity; the name is checked against registered users here and
+    against the room's other guests when the socket joins). 200 ``{"name"}`` or 422
+    ``{"code", "detail"}``."""
+    found = selectors.room_get(slug)
+    if found is None or found.archived:
+        raise Http404("No such room.")
+    if not settings.CHAT_ALLOW_GUESTS:
+        return JsonResponse({"code": "forbidden", "detail": "Log in to chat here."}, status=403)
+    try:
+        name = services.guest_join(request.session, request.POST.get("name", ""))
+    except ValidationError as exc:
+        return JsonResponse({"code": "bad_request", "detail": " ".join(exc.messages)}, status=422)
+    return JsonResponse({"name": name})
 
 
 @require_http_methods(["GET", "POST"])

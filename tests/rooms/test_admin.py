@@ -78,14 +78,16 @@ def test_search_and_status_filter(staff_client: Client) -> None:
 def test_archive_and_unarchive_actions(staff_client: Client, r: Any) -> None:
     room, _ = services.room_create(slug="lobby")
     response = staff_client.post(
-        "/admin/rooms/room/", {"action": "archive_rooms", "_selected_action": [room.pk]}
+        "/admin/rooms/room/",
+        {"action": "archive_rooms", "_selected_action": [room.pk], "post": "yes"},
     )
     assert response.status_code == 302
     room.refresh_from_db()
     assert room.archived and r.exists(RoomKeys("lobby").closed)
     assert "lobby" not in [x.slug for x in Room.objects.active()]
     staff_client.post(
-        "/admin/rooms/room/", {"action": "unarchive_rooms", "_selected_action": [room.pk]}
+        "/admin/rooms/room/",
+        {"action": "unarchive_rooms", "_selected_action": [room.pk], "post": "yes"},
     )
     room.refresh_from_db()
     assert not room.archived and not r.exists(RoomKeys("lobby").closed)
@@ -97,7 +99,8 @@ def test_purge_keeps_seqs_going_up(staff_client: Client, r: Any) -> None:
         r.xadd(RoomKeys("lobby").log, {"e": "{}"}, id=f"{i}-0")
     r.set(RoomKeys("lobby").seq, 5)
     staff_client.post(
-        "/admin/rooms/room/", {"action": "purge_history", "_selected_action": [room.pk]}
+        "/admin/rooms/room/",
+        {"action": "purge_history", "_selected_action": [room.pk], "post": "yes"},
     )
     assert r.xlen(RoomKeys("lobby").log) == 0
     assert r.get(RoomKeys("lobby").seq) == "5"
@@ -110,7 +113,8 @@ def test_move_action_asks_the_owner(staff_client: Client, r: Any) -> None:
     listener = r.pubsub()
     listener.subscribe(keys.CLUSTER_CHANNEL)
     listener.get_message(timeout=1)
-    staff_client.post("/admin/rooms/room/", {"action": "move_rooms", "_selected_action": [room.pk]})
+    confirmed = {"action": "move_rooms", "_selected_action": [room.pk], "post": "yes"}
+    staff_client.post("/admin/rooms/room/", confirmed)
     message = listener.get_message(timeout=2)
     assert message is not None and '"op": "move"' in message["data"]
     listener.close()

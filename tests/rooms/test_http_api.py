@@ -51,7 +51,8 @@ async def test_rooms_list_with_owner_and_online(runtime: Any) -> None:
         "rooms": [
             {"slug": "a-room", "name": "A", "owner": "test-node", "online": 0},
             {"slug": "b-room", "name": "B", "owner": None, "online": 0},
-        ]
+        ],
+        "next": None,  # paginated (issue 9): the next page's number
     }
 
 

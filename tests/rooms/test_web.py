@@ -64,7 +64,8 @@ def test_home_lists_active_rooms(client: Client) -> None:
     assert "The Lobby" in html and "/r/lobby/" in html
     assert "/r/dev-talk/" in html
     assert "old-room" not in html
-    assert 'id="room-form"' in html
+    # Rooms are created by registered users by default (CHAT_ROOM_CREATORS=users).
+    assert 'id="room-form"' not in html and "to create a room" in html
 
 
 def test_home_shows_who_is_online_from_redis(client: Client, redis_url: str) -> None:
@@ -206,13 +207,15 @@ def test_create_room_with_an_archived_slug_is_refused(alice: Client) -> None:
     assert "archived" in response.content.decode()
 
 
-def test_guests_may_create_rooms_while_guests_are_allowed(client: Client, settings: Any) -> None:
+def test_guests_may_create_rooms_when_anyone_may(client: Client, settings: Any) -> None:
     settings.CHAT_ALLOW_GUESTS = True
+    settings.CHAT_ROOM_CREATORS = "anyone"
 
     response = client.post("/rooms/new/", {"slug": "open", "name": ""}, **HTMX)
 
     assert response["HX-Redirect"] == "/r/open/"
-    assert Room.objects.get(slug="open").created_by is None
+    room = Room.objects.get(slug="open")
+    assert room.created_by is None and room.created_by_principal.startswith("g:")
 
 
 def test_only_users_create_rooms_when_guests_are_off(
@@ -248,6 +251,8 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
         "name": "The Lobby",
         "user": "alice",
         "isStaff": False,
+        "guestName": None,
+        "guestUrl": "/r/lobby/guest",
         "guestsAllowed": True,
         "guestNameMax": services.GUEST_NAME_MAX,
         "maxBody": 4000,
@@ -256,10 +261,15 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
     }
 
 
-def test_room_page_for_staff(client: Client, django_user_model: Any) -> None:
-    services.room_create(slug="lobby")
-    client.force_login(django_user_model.objects.create_user("mod", is_staff=True))
+def test_room_page_for_a_moderator(client: Client, django_user_model: Any) -> None:
+    # Staff status alone moderates nothing (issue 9): the moderate_room permission does.
+    from django.contrib.auth.models import Permission
 
+    services.room_create(slug="lobby")
+    mod = django_user_model.objects.create_user("mod", is_staff=True)
+    client.force_login(mod)
+    assert chat_config(client.get("/r/lobby/").content.decode())["isStaff"] is False
+    mod.user_permissions.add(Permission.objects.get(codename="moderate_room"))
     assert chat_config(client.get("/r/lobby/").content.decode())["isStaff"] is True
 
 
