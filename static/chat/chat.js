@@ -42,6 +42,8 @@ const el = {
 
 const state = {
   me: config.user, // the server's name for us, confirmed by `hello`
+  myAuthor: null, // our author token from `hello`: which messages are ours (not the name)
+  canModerate: Boolean(config.isStaff), // may change anyone's messages (`hello` confirms)
   guestName: null,
   lastSeq: 0,
   messages: new Map(), // message id -> record
@@ -104,26 +106,36 @@ function buildNode(record) {
   return node;
 }
 
+// Ours by author token (two guests may share a display name); an unsent one has no author yet.
+function isOwn(r) {
+  if (r.author && state.myAuthor) return r.author === state.myAuthor;
+  return !r.id && r.user === state.me;
+}
+
 function renderMessage(r) {
   const n = r.node;
-  const own = r.user === state.me;
+  const own = isOwn(r);
   n.classList.toggle("own", own);
   n.classList.toggle("deleted", Boolean(r.deleted));
   n.classList.toggle("unsent", !r.id);
   n.classList.toggle("failed", Boolean(r.failed));
   n.dataset.id = r.id || "";
-  n.querySelector(".author").textContent = r.user || "you";
+  n.querySelector(".author").textContent = (r.user || "you") + (r.guest ? " (guest)" : "");
+  n.querySelector(".author").title = r.guest ? "a guest: not a registered account" : "";
   const time = n.querySelector(".time");
   const date = new Date(r.ts);
   time.dateTime = date.toISOString();
   time.title = date.toLocaleString();
   time.textContent = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-  n.querySelector(".edited").hidden = !r.edited || r.deleted;
+  const edited = n.querySelector(".edited");
+  edited.hidden = !r.edited || r.deleted;
+  edited.textContent = r.editedBy ? `(edited by moderator ${r.editedBy})` : "(edited)";
   n.querySelector(".state").textContent = r.failed || r.busy || (r.id ? "" : "sending…");
   if (!n.querySelector(".edit-form")) {
-    n.querySelector(".body").textContent = r.deleted ? "message deleted" : r.body;
+    const gone = r.deletedBy ? `message deleted by moderator ${r.deletedBy}` : "message deleted";
+    n.querySelector(".body").textContent = r.deleted ? gone : r.body;
   }
-  const mayChange = r.id && !r.deleted && (own || config.isStaff) && canChat() && !r.failed;
+  const mayChange = r.id && !r.deleted && (own || state.canModerate) && canChat() && !r.failed;
   n.querySelector(".actions").hidden = !mayChange;
 }
 
@@ -138,17 +150,18 @@ function addMessage(ev) {
   state.typers.delete(ev.user);
   let record = state.messages.get(ev.id); // an own send, known by its ack
   const own = ev.client_id ? state.unconfirmed.get(ev.client_id) : undefined;
-  if (own && own.user === ev.user) {
+  if (own && (ev.author ? ev.author === state.myAuthor : own.user === ev.user)) {
     record = own;
     state.unconfirmed.delete(ev.client_id);
     settle(ev.client_id); // durable already: no need to send it again
   }
   if (record && record.seq) return;
+  const who = { author: ev.author, guest: Boolean(ev.guest) };
   if (record) {
-    Object.assign(record, { id: ev.id, seq: ev.seq, body: ev.body, ts: ev.ts, busy: "" });
+    Object.assign(record, { id: ev.id, seq: ev.seq, body: ev.body, ts: ev.ts, busy: "", ...who });
     renderMessage(record);
   } else {
-    record = { id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts };
+    record = { id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts, ...who };
     buildNode(record);
   }
   state.messages.set(ev.id, record);
@@ -166,8 +179,10 @@ function applyEvent(ev) {
   }
   const record = state.messages.get(ev.id);
   if (!record) return; // its message is older than what this page loaded
-  if (ev.type === "edit") Object.assign(record, { body: ev.body, edited: true });
-  if (ev.type === "delete") Object.assign(record, { deleted: true });
+  // A moderator's change shows as theirs, never as the author's own words.
+  const by = ev.moderator ? ev.user : null;
+  if (ev.type === "edit") Object.assign(record, { body: ev.body, edited: true, editedBy: by });
+  if (ev.type === "delete") Object.assign(record, { deleted: true, deletedBy: by });
   renderMessage(record);
 }
 
@@ -387,8 +402,8 @@ if (el.composer) {
 function connect() {
   clearTimeout(state.retryTimer);
   state.retryTimer = null;
+  // A guest's identity is its session (the guest form made it), not a name in the URL.
   const params = new URLSearchParams({ after: String(state.lastSeq) });
-  if (!config.user) params.set("name", state.guestName);
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}${config.socketPath}?${params}`);
   Object.assign(state, { socket, helloSeen: false, lastError: null, inflight: null });
@@ -458,6 +473,11 @@ function onFrame(frame) {
 function onHello(hello) {
   state.helloSeen = true;
   state.openedAt = Date.now();
+  state.canModerate = Boolean(hello.moderator);
+  if (hello.author && hello.author !== state.myAuthor) {
+    state.myAuthor = hello.author;
+    for (const record of state.messages.values()) renderMessage(record);
+  }
   if (hello.user !== state.me) {
     state.me = hello.user;
     for (const record of state.unconfirmed.values()) record.user = hello.user;
@@ -528,8 +548,9 @@ function guestNameProblem(name) {
   if (charCount(name) > config.guestNameMax) {
     return `A display name has at most ${config.guestNameMax} characters.`;
   }
-  if (/[\u0000-\u001f\u007f]/.test(name)) {
-    return "A display name cannot contain control characters.";
+  // Controls and invisible format characters (zero-width, bidi); the server checks the rest.
+  if (/[\u0000-\u001f\u007f\p{Cf}]/u.test(name)) {
+    return "A display name cannot contain invisible or control characters.";
   }
   return null;
 }
@@ -557,13 +578,35 @@ function renderIdentity() {
   el.identity.append(" · ", change);
 }
 
-function joinAsGuest(name) {
+function joinedAsGuest(name) {
   state.guestName = name;
   state.me = name;
   el.guestForm.hidden = true;
   el.composer.hidden = false;
   renderIdentity();
   connect();
+}
+
+// The guest form: the server keeps a guest id and the name in this browser's session (the
+// socket's identity); it refuses names too close to a registered user's.
+async function joinAsGuest(name) {
+  const body = new FormData(el.guestForm);
+  body.set("name", name);
+  let answer;
+  try {
+    const response = await fetch(config.guestUrl, { method: "POST", body });
+    answer = await response.json();
+    if (!response.ok) {
+      localStorage.removeItem(GUEST_NAME_KEY);
+      askGuestName(answer.detail || "That name cannot be used.");
+      return;
+    }
+  } catch {
+    askGuestName("Could not join; try again.");
+    return;
+  }
+  localStorage.setItem(GUEST_NAME_KEY, answer.name);
+  joinedAsGuest(answer.name);
 }
 
 if (el.guestForm) {
@@ -575,7 +618,6 @@ if (el.guestForm) {
       askGuestName(problem);
       return;
     }
-    localStorage.setItem(GUEST_NAME_KEY, name);
     joinAsGuest(name);
   });
 }
@@ -629,7 +671,8 @@ async function start() {
     connect();
   } else if (config.guestsAllowed) {
     const saved = (localStorage.getItem(GUEST_NAME_KEY) || "").trim();
-    if (saved && !guestNameProblem(saved)) joinAsGuest(saved);
+    if (config.guestName) joinedAsGuest(config.guestName);
+    else if (saved && !guestNameProblem(saved)) joinAsGuest(saved);
     else askGuestName();
   } else {
     setStatus("bad", "Read only: log in to chat");
