@@ -82,8 +82,9 @@ app.kubernetes.io/component: redis
 {{- end -}}
 
 {{/*
-The chart's own Secret (DJANGO_SECRET_KEY, DATABASE_URL, REDIS_URL, REDIS_PASSWORD), and the
-hook copy that the migration Job reads.
+The chart's own Secret (DJANGO_SECRET_KEY, DATABASE_URL, CHAT_OPS_TOKEN, REDIS_URL,
+REDIS_PASSWORD for redis-cli, users.acl for the bundled Redis), and the hook copy that the
+migration Job reads.
 */}}
 {{- define "chat.secretName" -}}
 {{- include "chat.fullname" . -}}
@@ -145,11 +146,45 @@ DJANGO_CSRF_TRUSTED_ORIGINS: the user's origins and one per ingress host.
 {{- end -}}
 
 {{/*
+DJANGO_SECURE_SSL_REDIRECT: django.sslRedirect, or true when the ingress is on and every one
+of its hosts has TLS.
+*/}}
+{{- define "chat.sslRedirect" -}}
+{{- if not (kindIs "invalid" .Values.django.sslRedirect) -}}
+{{- ternary "true" "false" (and .Values.django.sslRedirect true) -}}
+{{- else if and .Values.ingress.enabled .Values.ingress.hosts -}}
+{{- $tlsHosts := list -}}
+{{- range .Values.ingress.tls }}{{ $tlsHosts = concat $tlsHosts (default list .hosts) }}{{ end -}}
+{{- $all := true -}}
+{{- range .Values.ingress.hosts }}{{ if not (has .host $tlsHosts) }}{{ $all = false }}{{ end }}{{ end -}}
+{{- ternary "true" "false" $all -}}
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
+
+{{/*
+DJANGO_SECURE_PROXY_SSL_HEADER: django.proxySslHeader, or X-Forwarded-Proto behind the ingress.
+*/}}
+{{- define "chat.proxySslHeader" -}}
+{{- if not (kindIs "invalid" .Values.django.proxySslHeader) -}}
+{{- .Values.django.proxySslHeader -}}
+{{- else if .Values.ingress.enabled -}}
+X-Forwarded-Proto
+{{- end -}}
+{{- end -}}
+
+{{/*
 Non-secret settings, as ConfigMap data. Shared by the release's ConfigMap and the migration
 hook's copy so that both run with the same configuration.
 */}}
 {{- define "chat.configData" -}}
 DJANGO_DEBUG: "false"
+DJANGO_SECURE_COOKIES: {{ ternary "true" "false" .Values.django.secureCookies | quote }}
+DJANGO_SECURE_SSL_REDIRECT: {{ include "chat.sslRedirect" . | quote }}
+{{- with include "chat.proxySslHeader" . }}
+DJANGO_SECURE_PROXY_SSL_HEADER: {{ . | quote }}
+{{- end }}
 DJANGO_ALLOWED_HOSTS: {{ include "chat.allowedHosts" . | quote }}
 {{- with include "chat.csrfTrustedOrigins" . }}
 DJANGO_CSRF_TRUSTED_ORIGINS: {{ . | quote }}
@@ -197,6 +232,22 @@ Arguments: (dict "root" $ "key" "DJANGO_SECRET_KEY" "length" 50)
 {{- else -}}
 {{- include "chat.generatedSecret" (dict "root" . "key" "DJANGO_SECRET_KEY" "length" 50) -}}
 {{- end -}}
+{{- end -}}
+
+{{- define "chat.opsToken" -}}
+{{- if .Values.ops.token -}}
+{{- .Values.ops.token -}}
+{{- else -}}
+{{- include "chat.generatedSecret" (dict "root" . "key" "CHAT_OPS_TOKEN" "length" 40) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The bundled Redis' ACL file: the default user with the SHA-256 of the password, so that the
+password is in no command line, environment or config file of the Redis process.
+*/}}
+{{- define "chat.redis.acl" -}}
+user default on #{{ include "chat.redis.password" . | sha256sum }} ~* &* +@all
 {{- end -}}
 
 {{- define "chat.redis.password" -}}
@@ -334,6 +385,18 @@ Arguments: (dict "root" $ "secretName" NAME "configMapName" NAME "withRedis" BOO
       name: {{ .secretName }}
       key: DATABASE_URL
       {{- end }}
+{{- if .withNodeName }}
+- name: CHAT_OPS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      {{- if $v.ops.existingSecret }}
+      name: {{ $v.ops.existingSecret }}
+      key: {{ $v.ops.existingSecretKey }}
+      {{- else }}
+      name: {{ .secretName }}
+      key: CHAT_OPS_TOKEN
+      {{- end }}
+{{- end }}
 {{- if .withRedis }}
 - name: REDIS_URL
   valueFrom:
@@ -352,7 +415,7 @@ Arguments: (dict "root" $ "secretName" NAME "configMapName" NAME "withRedis" BOO
 Does the chart need a Secret of its own? Not when every secret comes from an existing one.
 */}}
 {{- define "chat.secret.needed" -}}
-{{- if or (not .Values.django.existingSecret) (not .Values.database.existingSecret) (include "chat.redis.urlInChartSecret" .) -}}true{{- end -}}
+{{- if or (not .Values.django.existingSecret) (not .Values.database.existingSecret) (not .Values.ops.existingSecret) (include "chat.redis.urlInChartSecret" .) -}}true{{- end -}}
 {{- end -}}
 
 {{/*
@@ -368,11 +431,15 @@ DJANGO_SECRET_KEY: {{ include "chat.djangoSecretKey" $root | quote }}
 DATABASE_URL: {{ include "chat.databaseUrl" $root | quote }}
 {{- end }}
 {{- if .withRedis }}
+{{- if not $root.Values.ops.existingSecret }}
+CHAT_OPS_TOKEN: {{ include "chat.opsToken" $root | quote }}
+{{- end }}
 {{- if include "chat.redis.urlInChartSecret" $root }}
 REDIS_URL: {{ include "chat.redisUrl" $root | quote }}
 {{- end }}
 {{- if and $root.Values.redis.bundled.enabled $root.Values.redis.bundled.auth.enabled }}
 REDIS_PASSWORD: {{ include "chat.redis.password" $root | quote }}
+users.acl: {{ include "chat.redis.acl" $root | quote }}
 {{- end }}
 {{- end }}
 {{- end -}}

