@@ -2,6 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 
 from rooms import views_api
+from rooms.login_throttle import AdminLoginForm
+
+# The admin's log-in page counts failures like the site's (rooms/login_throttle.py).
+admin.site.login_form = AdminLoginForm
 
 urlpatterns = [
     path("healthz", views_api.healthz, name="healthz"),

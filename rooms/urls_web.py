@@ -9,11 +9,7 @@ urlpatterns = [
     path("r/<str:slug>/", views_web.room, name="room"),
     path("r/<str:slug>/guest", views_web.room_guest, name="room-guest"),
     path("accounts/signup/", views_web.signup, name="signup"),
-    path(
-        "accounts/login/",
-        auth_views.LoginView.as_view(redirect_authenticated_user=True),
-        name="login",
-    ),
+    path("accounts/login/", views_web.LoginView.as_view(), name="login"),
     # Django's LogoutView takes POST only: the header's "Log out" is a small form.
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

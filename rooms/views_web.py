@@ -16,6 +16,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import UserCreationForm
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseForbidden, JsonResponse
@@ -27,6 +28,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from . import redis_admin, selectors, services
 from .forms import RoomCreateForm
+from .login_throttle import LoginForm
 from .models import Room
 
 logger = logging.getLogger("rooms.views_web")
@@ -187,3 +189,17 @@ def _safe_next(request: HttpRequest) -> str:
         candidate, allowed_hosts={request.get_host()}, require_https=request.is_secure()
     )
     return candidate if candidate and allowed else reverse(settings.LOGIN_REDIRECT_URL)
+
+
+class LoginView(auth_views.LoginView):
+    """Django's log-in page with failed attempts limited (rooms/login_throttle.py): a throttled
+    attempt is answered 429 with the form and a message saying how long to wait."""
+
+    authentication_form = LoginForm
+    redirect_authenticated_user = True
+
+    def form_invalid(self, form: Any) -> HttpResponse:
+        response = super().form_invalid(form)
+        if getattr(form, "throttled", False):
+            response.status_code = 429
+        return response
