@@ -162,3 +162,34 @@ def test_the_debug_error_page_never_shows_the_redis_password() -> None:
     for page in (html, text):
         assert "hunter2pw" not in page and "s3cr3t" not in page
     assert "CHAT_REDIS_URL" in html  # listed, value hidden
+
+
+# Secrets never in logs or process lists (issue 9 item 7).
+
+
+def test_the_startup_line_redacts_the_redis_url_whole(tmp_path: Path) -> None:
+    import redis
+
+    from chatsite.redact import redact_url
+    from cluster.embedded import EmbeddedRedis
+
+    server = EmbeddedRedis.start(tmp_path / "redis", appendonly=False)
+    node: Node | None = None
+    try:
+        redis.Redis(port=server.port).config_set("requirepass", "S3cretPw")
+        url = f"redis://default:S3cretPw@127.0.0.1:{server.port}/0?client_name=Q7uerySecret"
+        redis.Redis.from_url(url).ping()
+        node = Node("redacted", base_env(url, tmp_path)).start()
+        assert node.log_path is not None
+        log = node.log_path.read_text()
+        assert "serving on" in log
+        assert f"***@127.0.0.1:{server.port}/0?***" in log
+        for secret in ("S3cretPw", "Q7uerySecret"):
+            assert secret not in log
+            assert secret not in Path(f"/proc/{node.pid}/cmdline").read_text()
+    finally:
+        if node is not None:
+            node.ensure_stopped()
+        server.stop()
+    sentinel = redact_url(SECRET_URL)
+    assert "hunter2pw" not in sentinel and "s3cr3t" not in sentinel and "s1:26379" in sentinel
