@@ -26,7 +26,7 @@ from django.http import HttpRequest
 
 from cluster.keys import PREFIX
 
-from . import redis_admin
+from . import identity, redis_admin
 
 logger = logging.getLogger("rooms.login_throttle")
 
@@ -108,8 +108,14 @@ def clear(username: str, address: str) -> None:
 
 
 def client_address(request: HttpRequest | None) -> str:
-    """The peer address (behind a trusted proxy, the server puts the forwarded one here)."""
-    return str(request.META.get("REMOTE_ADDR", "")) if request is not None else ""
+    """The client's address, as the rate limits see it: behind a trusted proxy
+    (CHAT_TRUSTED_PROXIES), the address it forwarded for."""
+    if request is None:
+        return ""
+    scope = getattr(request, "scope", None)  # an ASGI request (every node serves ASGI)
+    if scope is not None:
+        return identity.client_address(scope)
+    return str(request.META.get("REMOTE_ADDR", ""))
 
 
 class ThrottledLogin:

@@ -28,6 +28,10 @@ def test_no_missing_migrations() -> None:
         ("CHAT_LEASE_TTL_MS", "10"),
         ("CHAT_ALLOW_GUESTS", "maybe"),
         ("CHAT_HISTORY_LIMIT", "-5"),
+        ("CHAT_LOGIN_RATE_LIMIT", "often"),
+        ("CHAT_ALLOW_SQLITE", "please"),
+        ("DJANGO_SECURE_HSTS_SECONDS", "-1"),
+        ("DJANGO_DEBUG", "sometimes"),
     ],
 )
 def test_malformed_setting_stops_with_its_name(name: str, value: str, tmp_path: Path) -> None:

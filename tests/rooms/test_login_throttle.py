@@ -51,11 +51,16 @@ class NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def attempt(
-    node: Node, username: str, password: str, page: str = "/accounts/login/"
+    node: Node,
+    username: str,
+    password: str,
+    page: str = "/accounts/login/",
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, str]:
     """One log-in through the form, as a browser does it: (status, page text)."""
     jar = http.cookiejar.CookieJar()
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), NoRedirect())
+    opener.addheaders = list((headers or {}).items())
     with opener.open(f"{node.http}{page}", timeout=10) as response:
         form = response.read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form)
@@ -116,6 +121,16 @@ def test_the_admin_login_page_is_throttled_too(nodes: tuple[Node, Node]) -> None
         assert status == 200 and "correct username and password" in text
     status, text = attempt(a, "frank", PASSWORD, "/admin/login/")
     assert status == 200 and "Too many failed log-in attempts" in text
+
+
+def test_behind_a_trusted_proxy_each_client_address_counts_apart(cluster: Cluster) -> None:
+    node = cluster.add("login-proxied", CHAT_TRUSTED_PROXIES="127.0.0.1")
+    first, second = {"X-Forwarded-For": "203.0.113.1"}, {"X-Forwarded-For": "203.0.113.2"}
+    for _ in range(LIMIT):
+        assert attempt(node, "yolanda", "wrong-password", headers=first)[0] == 200
+    assert attempt(node, "yolanda", "wrong-password", headers=first)[0] == 429
+    status, text = attempt(node, "yolanda", "wrong-password", headers=second)
+    assert status == 200 and "correct username and password" in text
 
 
 def test_the_wait_ends_with_the_window(cluster: Cluster) -> None:
