@@ -77,8 +77,15 @@ class Loss:
     restarted empty loses everything before it; a promoted replica only what it had not
     received. Guarantee 8: a loss is allowed, a reused seq or a silent hole is not."""
 
-    at: float
+    at: float  # when the data went (a gap or a hole may follow from here on)
     since: float = float("-inf")
+    # Until when an event written to the Redis that went could still reach a client: up to the
+    # moment the new Redis serves (a node may deliver what it read just before). None: ``at``.
+    through: float | None = None
+
+    @property
+    def until(self) -> float:
+        return self.at if self.through is None else max(self.at, self.through)
 
 
 @dataclass
@@ -92,7 +99,7 @@ class Rules:
 
     def loss_after(self, t: float) -> bool:
         """Could something that happened at ``t`` be lost by a later loss of Redis data?"""
-        return any(loss.since <= t <= loss.at for loss in self.losses)
+        return any(loss.since <= t <= loss.until for loss in self.losses)
 
     def loss_before(self, t: float) -> bool:
         return any(loss.at <= t for loss in self.losses)
@@ -473,7 +480,7 @@ def save(path: Path, records: Iterable[Record], logs: dict[str, list[Frame]], ru
         "logs": logs,
         "rules": {
             **dataclasses.asdict(rules),
-            "losses": [[loss.at, loss.since] for loss in rules.losses],
+            "losses": [[loss.at, loss.since, loss.through] for loss in rules.losses],
         },
     }
     path.write_text(json.dumps(data, ensure_ascii=False))
@@ -482,7 +489,7 @@ def save(path: Path, records: Iterable[Record], logs: dict[str, list[Frame]], ru
 def load(path: Path) -> tuple[list[Record], dict[str, list[Frame]], Rules]:
     data = json.loads(path.read_text())
     rules = data["rules"]
-    rules["losses"] = [Loss(at, since) for at, since in rules["losses"]]
+    rules["losses"] = [Loss(*loss) for loss in rules["losses"]]
     rules["excuses"] = [Excuse(**e) for e in rules["excuses"]]
     return [Record(**r) for r in data["records"]], data["logs"], Rules(**rules)
 

@@ -100,13 +100,14 @@ async def restart_redis(world: World, *, keep_data: bool, down_s: float = 1.0) -
     redis = world.redis
     assert redis is not None
     world.note(f"SIGKILL Redis ({'AOF kept' if keep_data else 'data wiped'})")
-    if not keep_data:
-        world.losses.append(Loss(now()))
+    killed = now()
     await asyncio.to_thread(redis.kill)
     if not keep_data:
         await asyncio.to_thread(redis.wipe)
     await asyncio.sleep(down_s)
     await asyncio.to_thread(redis.start)
+    if not keep_data:
+        world.losses.append(Loss(killed, through=now()))
     world.note("Redis restarted")
     return "redis restart " + ("aof" if keep_data else "empty")
 
@@ -122,9 +123,7 @@ async def promote_lagging_replica(world: World, *, lag_s: float = 1.5) -> str:
     held_from = now()
     world.repl_proxy.blackhole()
     await asyncio.sleep(lag_s)
-    # What the replica had not received when its feed stopped may be lost too: replication is
-    # asynchronous (CHAT_REDIS_MIN_REPLICAS=0), a few milliseconds behind when healthy.
-    world.losses.append(Loss(now(), since=held_from - REPLICATION_SLACK_S))
+    killed = now()
     world.note("primary killed, lagging replica promoted")
     await asyncio.to_thread(primary.kill)
     world.repl_proxy.reset()
@@ -133,6 +132,9 @@ async def promote_lagging_replica(world: World, *, lag_s: float = 1.5) -> str:
     replica.replicaof = None  # a later restart brings it back as a primary
     world.proxy.set_upstream(replica.port)
     world.proxy.reset()
+    # What the replica had not received when its feed stopped may be lost too: replication is
+    # asynchronous (CHAT_REDIS_MIN_REPLICAS=0), a few milliseconds behind when healthy.
+    world.losses.append(Loss(killed, since=held_from - REPLICATION_SLACK_S, through=now()))
     world.old_redis.append(primary)
     world.redis, world.replica, world.repl_proxy = replica, None, None
     return "promote lagging replica"

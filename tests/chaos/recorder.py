@@ -107,6 +107,7 @@ class Command:
     refused: Frame | None = None  # a final error
     retry_at: float | None = None  # when to re-send (after `unavailable`); None = not yet
     sent_on: int = -1  # the socket it was last sent on
+    acked_on: int = -1  # the socket its first ack came on
 
     @property
     def done(self) -> bool:
@@ -203,10 +204,10 @@ class RecordedClient:
         for socket in self.sockets:
             start = self._seen_frames.get(socket.index, 0)
             for frame in socket.frames[start:]:
-                self._fold(frame, first_socket=socket is self.sockets[0])
+                self._fold(frame, socket.index, first_socket=socket is self.sockets[0])
             self._seen_frames[socket.index] = len(socket.frames)
 
-    def _fold(self, frame: Frame, *, first_socket: bool) -> None:
+    def _fold(self, frame: Frame, socket: int, *, first_socket: bool) -> None:
         kind = frame.get("type")
         if kind in DURABLE:
             self.last_seq = max(self.last_seq, int(frame["seq"]))
@@ -221,7 +222,8 @@ class RecordedClient:
         elif kind in ("ack", "error") and frame.get("client_id") in self.commands:
             command = self.commands[frame["client_id"]]
             if kind == "ack":
-                command.acked = command.acked or frame
+                if command.acked is None:
+                    command.acked, command.acked_on = frame, socket
             elif frame.get("code") in RETRYABLE:
                 command.retry_at = now() + 0.3 + self.rng.random() * 0.4
             elif command.acked is None:
@@ -349,7 +351,14 @@ class Workload:
                 await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _one(self, client: RecordedClient, n: int) -> None:
-        mine = [c.acked["id"] for c in client.acked if c.frame["type"] == "send" and c.acked]
+        # A ``?name=`` client acts only on what it sent over its present connection (a guest
+        # without a session: rooms/identity.py); older messages would be refused `forbidden`.
+        here = client.current.index if client.current else -1
+        mine = [
+            c.acked["id"]
+            for c in client.acked
+            if c.frame["type"] == "send" and c.acked and c.acked_on == here
+        ]
         roll = self.rng.random()
         if mine and roll < self.delete_share:
             await client.delete(self.rng.choice(mine))

@@ -194,6 +194,15 @@ def test_an_acked_event_missing_from_the_log_is_lost() -> None:
     assert "acked seq 2 is not in the log" in what(later)
 
 
+def test_an_event_seen_while_redis_was_being_replaced_may_be_lost() -> None:
+    # Seen just after the kill, before the new Redis served: it was in the Redis that went.
+    log = [message(1, "ann", "c1")]
+    s = Story().connect("ben").at(2.0).recv("ben", log[0])
+    assert run(s, [], losses=[Loss(1.9, through=2.5)], require_caught_up=False).ok
+    late = run(s, [], losses=[Loss(1.0, through=1.5)], require_caught_up=False)
+    assert "a client saw seq 1, the events API lacks it" in what(late)
+
+
 def test_a_reused_seq_is_caught_through_the_ack() -> None:
     # The client was acked seq 2 for its command; the log now holds someone else's event there.
     story, log = two_clients_chatting()
