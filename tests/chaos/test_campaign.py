@@ -16,7 +16,7 @@ MENU = "kill owner,kill non-owner,drain,pause owner,redis restart (AOF),slow red
 
 def test_a_short_campaign_passes(capsys: pytest.CaptureFixture[str]) -> None:
     code = campaign.main(
-        ["--duration", "12", "--seed", "3", "--nodes", "2", "--rooms", "2", "--clients", "2",
+        ["--duration", "8", "--seed", "3", "--nodes", "2", "--rooms", "2", "--clients", "2",
          "--fault-every", "3", "--faults", MENU]
     )  # fmt: skip
     out = capsys.readouterr().out
