@@ -74,7 +74,7 @@ class RuntimeHooks:
 @dataclass
 class ClusterRuntime:
     config: ClusterConfig
-    redis_url: str
+    redis_url: str = field(repr=False)  # may hold a password
     hooks: RuntimeHooks = field(default_factory=RuntimeHooks)
     state: RuntimeState = RuntimeState.NEW
 
