@@ -1,0 +1,132 @@
+"""py-spy on one node while a scenario runs, folded into the functions that take the time."""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def py_spy_binary() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+class PySpyProfile:
+    """``py-spy record -f raw`` of ``pid`` for ``duration`` seconds, started by ``start``."""
+
+    def __init__(self, pid: int, raw_path: Path, duration: float, rate: int = 200) -> None:
+        self.pid = pid
+        self.raw_path = raw_path
+        self.duration = duration
+        self.rate = rate
+        self.error: str | None = None
+
+    def start(self) -> subprocess.Popen[bytes] | None:
+        binary = py_spy_binary()
+        if binary is None:
+            self.error = "py-spy is not installed"
+            return None
+        args = [
+            binary,
+            "record",
+            "-p",
+            str(self.pid),
+            "-d",
+            str(int(self.duration)),
+            "-r",
+            str(self.rate),
+            "--threads",
+            "-f",
+            "raw",
+            "-o",
+            str(self.raw_path),
+        ]
+        return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def finish(self, handle: subprocess.Popen[bytes] | None) -> None:
+        if handle is None:
+            return
+        try:
+            output, _ = handle.communicate(timeout=self.duration + 60)
+        except subprocess.TimeoutExpired:
+            handle.kill()  # our own child, by its handle
+            output, _ = handle.communicate()
+        if handle.returncode != 0 or not self.raw_path.exists():
+            self.error = f"py-spy failed ({handle.returncode}): {output.decode()[-800:]}"
+
+
+def _function(frame: str) -> str:
+    """``name (path/to/file.py:123)`` -> ``name (file.py)``: one line per function."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    short = "/".join(parts[-2:]) if len(parts) > 1 else path
+    return f"{name} ({short})"
+
+
+def _package(frame: str) -> str:
+    where = frame.partition(" (")[2]
+    parts = where.split("/")
+    for marker in ("site-packages", "lib", "python3.11"):
+        if marker in parts:
+            index = len(parts) - 1 - parts[::-1].index(marker)
+            if index + 1 < len(parts):
+                return parts[index + 1].split(".py")[0]
+    for own in ("cluster", "rooms", "chatsite"):
+        if own in parts:
+            return own
+    return parts[-1].split(".py")[0] if parts else "?"
+
+
+def fold(raw_path: Path, top: int = 40) -> dict[str, Any]:
+    """Self and inclusive sample shares per function, self shares per package."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    packages: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw_path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        parts = stack.split(";")
+        thread = next((f for f in parts if f.startswith("thread (")), "thread (?)")
+        frames = [f for f in parts if " (" in f and not f.startswith(("thread (", "process "))]
+        if not frames:
+            continue
+        total += count
+        threads[thread] += count
+        own[_function(frames[-1])] += count
+        packages[_package(frames[-1])] += count
+        for name in {_function(f) for f in frames}:
+            inclusive[name] += count
+
+    def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(top)]
+
+    return {
+        "samples": total,
+        "self": shares(own),
+        "inclusive": shares(inclusive),
+        "packages": shares(packages),
+        "threads": shares(threads),
+    }
+
+
+def render(folded: dict[str, Any], header: str) -> str:
+    lines = [header, f"samples: {folded['samples']}", ""]
+    for title, key in (
+        ("self time (leaf frame)", "self"),
+        ("inclusive", "inclusive"),
+        ("self time by package", "packages"),
+        ("samples by thread", "threads"),
+    ):
+        lines.append(f"## {title}, % of samples")
+        lines += [f"{share:6.1f}  {name}" for name, share in folded[key]]
+        lines.append("")
+    return "\n".join(lines)
