@@ -51,12 +51,16 @@ class CommandRouter:
         self.retries = 0
         self.remote = 0
 
-    async def submit(self, slug: str, command: Command) -> Ack:
-        """The command's ack, or CommandError; always within ``send_timeout_ms`` (plus the
-        one attempt in flight at the deadline, itself bounded by it)."""
+    async def submit(self, slug: str, command: Command, *, received_at: float | None = None) -> Ack:
+        """The command's ack, or CommandError, by ``send_timeout_ms`` after ``received_at``
+        (loop time; default now): a command that waited behind others on its socket has
+        spent part of its time already, and its client waits no longer for that."""
         validate(command, max_body=self._config.max_body)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._config.send_timeout_ms / 1000
+        start = loop.time() if received_at is None else min(received_at, loop.time())
+        deadline = start + self._config.send_timeout_ms / 1000
+        if deadline <= loop.time():
+            raise _gave_up()
         delay = 0.02
         hint: str | None = None
         hint_handoff = False

@@ -202,8 +202,10 @@ class ClusterRuntime:
 
     # -- what the consumer and views use ---------------------------------------------------
 
-    async def submit(self, slug: str, command: Command) -> Ack:
-        ack = await self.router.submit(slug, command)
+    async def submit(self, slug: str, command: Command, *, received_at: float | None = None) -> Ack:
+        """Run ``command`` at the room's owner; answered by CHAT_SEND_TIMEOUT_MS after
+        ``received_at`` (loop time, default now). Raises CommandError."""
+        ack = await self.router.submit(slug, command, received_at=received_at)
         self.witness.observe(slug, ack.seq)
         return ack
 

@@ -53,6 +53,9 @@ MIN_PAGE_EVENTS = 16
 READ_ATTEMPTS = 5  # a log read that fails this often in a row closes the socket with 1011
 READ_BACKOFF_S = 0.1  # doubled after each failure: 0.1 + 0.2 + 0.4 + 0.8 = 1.5 s in all
 TYPING_INTERVAL_S = 1.0
+# Frames received but not yet run, per socket: bounds what a client can pile up while its room
+# is unavailable (each at most a frame's 16,000 characters).
+COMMANDS_WAITING = 32
 
 
 class Refuse(Exception):
@@ -84,6 +87,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     phase = "new"  # new -> admitting -> open -> closed
     sender: asyncio.Task[None] | None = None
     closer: asyncio.Task[None] | None = None
+    commander: asyncio.Task[None] | None = None  # runs the queued commands, one at a time
     slot: Slot | None = None
 
     async def connect(self) -> None:
@@ -111,6 +115,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _admit(self) -> None:
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        self.commands: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue(COMMANDS_WAITING)
         self.outbox = Outbox(max_frames=OUTBOX_FRAMES, max_bytes=0)
         self.wake = asyncio.Event()
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
@@ -202,7 +207,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _shutdown(self) -> None:
         self.closing = True
         self.phase = "closed"
-        for task in (self.sender, self.closer):
+        for task in (self.sender, self.closer, self.commander):
             if task is not None and task is not asyncio.current_task() and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -410,8 +415,34 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # -- from the client -------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Stamp the frame and queue it for the command loop, without waiting for it.
+
+        Channels hands a consumer one frame at a time: a command that waited for its room
+        (an owner moving, Redis gone) would hold every later frame of the socket unread,
+        and their clients would wait for more than one send timeout. Queued, each command
+        is answered within CHAT_SEND_TIMEOUT_MS of arriving here, in the order sent.
+        """
         if self.runtime is None or not self.attached or self._stopping():
             return
+        loop = asyncio.get_running_loop()
+        if self.commands.full():
+            client_id = _client_id_of(text_data)
+            detail = f"more than {COMMANDS_WAITING} commands wait on this socket; slow down"
+            await self._reply(error_frame("rate_limited", detail, client_id))
+            return
+        self.commands.put_nowait((loop.time(), text_data))
+        if self.commander is None:
+            self.commander = loop.create_task(self._command_loop())
+
+    async def _command_loop(self) -> None:
+        while True:
+            received_at, text_data = await self.commands.get()
+            if self._stopping():
+                return
+            await self._command(received_at, text_data)
+
+    async def _command(self, received_at: float, text_data: str | None) -> None:
+        assert self.runtime is not None
         client_id: str | None = None
         try:
             if text_data is None:
@@ -439,7 +470,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 guest=identity.is_guest,
                 address=self.address,
             )
-            ack = await self.runtime.submit(self.slug, command)
+            ack = await self.runtime.submit(self.slug, command, received_at=received_at)
             if ack.moderated:
                 await self._log_moderation(identity, command)
         except CommandError as exc:
@@ -502,3 +533,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # Closed under us (an ack that arrives after the close): not a crash, or the
             # consumer dies before ``disconnect`` and its listener and presence leak.
             self.closing = True
+
+
+def _client_id_of(text: str | None) -> str | None:
+    """The frame's client_id if it has a usable one (to answer a frame that is not run)."""
+    if text is None:
+        return None
+    try:
+        return parse_client_frame(text).client_id
+    except CommandError as refused:
+        return refused.client_id if isinstance(refused, FrameRefused) else None

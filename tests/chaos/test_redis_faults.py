@@ -24,11 +24,6 @@ async def test_redis_restarted_with_aof_loses_nothing_acked(
     assert report.counts["acked_lost_allowed"] == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 8 hole 11: after Redis loses everything the room restarts at seq 1 "
-    "(seqs 1..n reused for new events)",
-)
 async def test_redis_restarted_empty_never_reuses_a_seq(make_world: Callable[..., Any]) -> None:
     world = await make_world(nodes=2)
     report = await one_fault(world, lambda: faults.restart_redis(world, keep_data=False))
