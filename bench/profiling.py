@@ -99,8 +99,10 @@ def fold(raw_path: Path, top: int = 40) -> dict[str, Any]:
         frames = [f for f in parts if " (" in f and not f.startswith(("thread (", "process "))]
         if not frames:
             continue
-        total += count
         threads[thread] += count
+        if "MainThread" not in thread:
+            continue  # the event loop is the one thread that matters: it does all the work
+        total += count
         own[_function(frames[-1])] += count
         packages[_package(frames[-1])] += count
         for name in {_function(f) for f in frames}:
@@ -109,17 +111,24 @@ def fold(raw_path: Path, top: int = 40) -> dict[str, Any]:
     def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100 * n / total, 1)) for name, n in counter.most_common(top)]
 
+    everything = sum(threads.values()) or 1
     return {
         "samples": total,
+        "all_samples": everything,
         "self": shares(own),
         "inclusive": shares(inclusive),
         "packages": shares(packages),
-        "threads": shares(threads),
+        "threads": [(n, round(100 * c / everything, 1)) for n, c in threads.most_common(top)],
     }
 
 
 def render(folded: dict[str, Any], header: str) -> str:
-    lines = [header, f"samples: {folded['samples']}", ""]
+    lines = [
+        header,
+        f"samples: {folded['all_samples']} in all threads, {folded['samples']} in the main thread"
+        " (the event loop); the tables below are shares of the main thread's samples",
+        "",
+    ]
     for title, key in (
         ("self time (leaf frame)", "self"),
         ("inclusive", "inclusive"),

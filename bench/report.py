@@ -206,8 +206,9 @@ def plot(records: list[Record], scenario: str, systems: list[str], out: Path) ->
     right.set_xlabel("offered deliveries/s")
     right.set_ylabel("p99 send→receipt, ms (log)")
     right.set_title("p99 latency")
+    left.set_yscale("log")
     for axis in (left, right):
-        axis.grid(True, alpha=0.3)
+        axis.grid(True, which="both", alpha=0.3)
         axis.set_xscale("log")
     right.legend(fontsize=7, loc="upper left")
     names = {"s1": "S1: 20 rooms × 50, 2 senders/room", "big": "one room × 500, 2 senders"}

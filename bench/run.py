@@ -94,14 +94,6 @@ async def run_system(
                 ):
                     results.write({"run": run_id, **record})
             await generator.close(s1_clients)
-        if "big" in wants and generator.time_left() > 20:
-            big_clients, big_connect = await generator.open_rooms("big", ["big0"], 500)
-            results.write({"run": run_id, **big_connect})
-            for record in await generator.ramp(
-                "big", big_clients, ["big0"], 2, plan.big_rates, plan
-            ):
-                results.write({"run": run_id, **record})
-            await generator.close(big_clients)
         if "storm" in wants and generator.time_left() > 20:
             record = await generator.storm(
                 s1_rooms, plan.storm_sockets // len(s1_rooms), getattr(generator, "last_seq", {})
@@ -112,6 +104,14 @@ async def run_system(
                 flush=True,
             )
             results.write({"run": run_id, **record})
+        if "big" in wants and generator.time_left() > 20:
+            big_clients, big_connect = await generator.open_rooms("big", ["big0"], 500)
+            results.write({"run": run_id, **big_connect})
+            for record in await generator.ramp(
+                "big", big_clients, ["big0"], 2, plan.big_rates, plan
+            ):
+                results.write({"run": run_id, **record})
+            await generator.close(big_clients)
         if args.profile and isinstance(system, ProjectSystem):
             # last: the profiled step saturates the node, nothing is measured after it
             s1_clients, s1_connect = await generator.open_rooms("s1", s1_rooms, 50)
@@ -148,8 +148,7 @@ async def profile_project(
     if profile.error is not None or not raw.exists():
         out.write_text(f"{header}\npy-spy was not available: {profile.error}\n")
     else:
-        out.write_text(render(fold(raw), header) + "\n")
-        raw.unlink()
+        out.write_text(render(fold(raw), header) + "\n")  # the .raw stays, untracked
     print(f"  profile: {out.relative_to(ROOT)}", flush=True)
 
 
@@ -224,13 +223,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--system-minutes",
         type=float,
         default=None,
-        help="time budget per system (default 2.5 quick, 6 full)",
+        help="time budget per system (default 3 quick, 6 full)",
     )
     parser.add_argument("--out", type=Path, default=None, help="JSONL file to append to")
     parser.add_argument("--no-report", action="store_true", help="leave docs/ alone")
     args = parser.parse_args(argv)
     if args.system_minutes is None:
-        args.system_minutes = 2.5 if args.quick else 6.0
+        args.system_minutes = 3.0 if args.quick else 6.0
     for name in args.systems:
         if name not in SYSTEMS:
             parser.error(f"unknown system {name}")
