@@ -97,7 +97,7 @@ async def test_request_close_closes_with_the_code_and_detaches(runtime: Any) -> 
     assert await next_output(alice) == {"type": "closed", "code": 1012}
     await alice.disconnect()
     assert runtime.fanout.connections == 0
-    assert caps_of(runtime).held_by("alice") == 0
+    assert caps_of(runtime).held_by("n:alice") == 0
 
 
 async def test_the_old_in_band_close_frame_still_works(runtime: Any) -> None:
@@ -224,7 +224,7 @@ async def test_a_log_that_stays_unreadable_closes_with_1011(
     frames = await frames_until(late, lambda fs: False, timeout=10)
     assert frames[-1] == {"type": "closed", "code": 1011}
     await late.disconnect()
-    assert caps_of(runtime).held_by("late") == 0
+    assert caps_of(runtime).held_by("n:late") == 0
     await alice.disconnect()
 
 
@@ -242,7 +242,7 @@ async def test_an_error_after_attach_detaches(
     # Released at once, not when the client gets round to closing: no ghost in presence.
     assert runtime.fanout.connections == 0
     assert (await runtime.online(["lobby"]))["lobby"] == []
-    assert caps_of(runtime).held_by("ghost") == 0
+    assert caps_of(runtime).held_by("n:ghost") == 0
     await ghost.disconnect()
 
 
@@ -252,11 +252,11 @@ async def test_a_consumer_cancelled_by_the_server_releases_everything(runtime: A
     # send loop must not outlive it.
     await make_room()
     frank = await joined("frank")
-    assert caps_of(runtime).held_by("frank") == 1 and runtime.fanout.connections == 1
+    assert caps_of(runtime).held_by("n:frank") == 1 and runtime.fanout.connections == 1
     frank.future.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.wait_for(frank.future, 5)
-    assert caps_of(runtime).held_by("frank") == 0
+    assert caps_of(runtime).held_by("n:frank") == 0
     assert runtime.fanout.connections == 0
     assert (await runtime.online(["lobby"]))["lobby"] == []
 
@@ -270,10 +270,10 @@ async def test_caps_refuse_with_4429_and_free_on_disconnect(runtime: Any, settin
     await third.disconnect()
     await first.disconnect()
     again = await joined("carol")
-    assert caps_of(runtime).held_by("carol") == 2
+    assert caps_of(runtime).held_by("n:carol") == 2
     await second.disconnect()
     await again.disconnect()
-    assert caps_of(runtime).held_by("carol") == 0
+    assert caps_of(runtime).held_by("n:carol") == 0
 
 
 async def test_address_cap(runtime: Any, settings: Any) -> None:
