@@ -332,3 +332,12 @@ def test_the_client_address_comes_from_a_trusted_proxy_only(settings: Any) -> No
     assert client_address(scope) == "10.0.0.9"
     untrusted = {"client": ("127.0.0.1", 1), "headers": [(b"x-forwarded-for", b"1.2.3.4")]}
     assert client_address(untrusted) == "127.0.0.1"
+
+
+def test_sign_up_refuses_a_name_that_passes_for_an_account(client: Any) -> None:
+    get_user_model().objects.create_user("alice", password="pw-123-xyz")
+    form = {"password1": "x9!long-pass", "password2": "x9!long-pass"}
+    for lookalike in ("\u0430lice", "alice\u200b", "AIice"):
+        response = client.post("/accounts/signup/", {**form, "username": lookalike})
+        assert response.status_code == 200, lookalike  # the form again, with its error
+    assert get_user_model().objects.count() == 1
