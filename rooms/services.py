@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from typing import Any
@@ -62,8 +63,9 @@ def room_create(
     return room, True
 
 
-def room_creation_refusal(user: Any, principal: str) -> str | None:
-    """Why this visitor may not create a room now (CHAT_ROOM_CREATORS, CHAT_ROOMS_PER_USER)."""
+def room_creation_refusal(user: Any, principal: str = "") -> str | None:
+    """Why this visitor may not create a room now: the policy (CHAT_ROOM_CREATORS), then,
+    given the creator's ``principal``, the limit (CHAT_ROOMS_PER_USER)."""
     policy = settings.CHAT_ROOM_CREATORS
     signed_in = bool(getattr(user, "is_authenticated", False))
     if policy == "staff" and not (signed_in and user.is_staff):
@@ -72,9 +74,9 @@ def room_creation_refusal(user: Any, principal: str) -> str | None:
         return "Log in to create a room."
     if policy == "anyone" and not signed_in and not settings.CHAT_ALLOW_GUESTS:
         return "Log in to create a room."
-    if signed_in and user.is_superuser:
+    if not principal or (signed_in and user.is_superuser):
         return None
-    made = Room.objects.filter(created_by_principal=principal).count() if principal else 0
+    made = Room.objects.filter(created_by_principal=principal).count()
     if made >= settings.CHAT_ROOMS_PER_USER:
         return f"You have created {made} rooms, the most one person may create."
     return None
@@ -84,12 +86,16 @@ def room_create_for(
     *, user: Any, session: SessionBase, slug: str, name: str = ""
 ) -> tuple[Room, bool]:
     """A visitor creates a room: the policy first (PermissionDenied), then ``room_create``."""
+    if Room.objects.filter(slug=slug.strip().lower()).exists():
+        return room_create(slug=slug, name=name)  # idempotent: an existing room, no new one
+    refusal = room_creation_refusal(user)
+    if refusal:
+        raise PermissionDenied(refusal)
     if getattr(user, "is_authenticated", False):
         principal = f"u:{user.pk}"
     else:
-        principal = f"g:{guest_id(session)}"
-    if Room.objects.filter(slug=slug.strip().lower()).exists():
-        return room_create(slug=slug, name=name)  # idempotent: an existing room, no new one
+        # Counted per browser session; a one-way token of its guest id (the id stays there).
+        principal = "g:" + hashlib.sha256(guest_id(session).encode()).hexdigest()[:24]
     refusal = room_creation_refusal(user, principal)
     if refusal:
         raise PermissionDenied(refusal)
