@@ -69,17 +69,14 @@ def _function(frame: str) -> str:
 
 
 def _package(frame: str) -> str:
-    where = frame.partition(" (")[2]
-    parts = where.split("/")
-    for marker in ("site-packages", "lib", "python3.11"):
-        if marker in parts:
-            index = len(parts) - 1 - parts[::-1].index(marker)
-            if index + 1 < len(parts):
-                return parts[index + 1].split(".py")[0]
-    for own in ("cluster", "rooms", "chatsite"):
-        if own in parts:
-            return own
-    return parts[-1].split(".py")[0] if parts else "?"
+    """The top-level package of a frame's file (py-spy prints paths from sys.path down)."""
+    path = frame.partition(" (")[2].rstrip(")").rsplit(":", 1)[0]
+    parts = path.split("/")
+    if "site-packages" in parts:
+        parts = parts[parts.index("site-packages") + 1 :]
+    elif path.startswith("/"):
+        parts = parts[-1:]
+    return parts[0].removesuffix(".py") if parts and parts[0] else "?"
 
 
 def fold(raw_path: Path, top: int = 40) -> dict[str, Any]:

@@ -30,13 +30,6 @@ def load(path: Path) -> list[Record]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def latest(results: Path) -> Path:
-    files = sorted(results.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        raise SystemExit("no results yet: run scripts/bench first")
-    return files[-1]
-
-
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None:
         return "–"
@@ -54,7 +47,7 @@ def bottleneck(step: Record) -> str:
     if (step.get("server_cores") or 0) >= 1.2:
         return "servers"
     if (step.get("generator_loop_lag_p99_ms") or 0) >= 100:
-        return "machine load"
+        return "generator starved"
     if not step.get("good"):
         return "servers"
     return ""
@@ -181,7 +174,7 @@ def plot(records: list[Record], scenario: str, systems: list[str], out: Path) ->
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.8))
     drawn = False
     for system in systems:
         rows = steps(records, system, scenario)
@@ -207,13 +200,21 @@ def plot(records: list[Record], scenario: str, systems: list[str], out: Path) ->
     right.set_ylabel("p99 send→receipt, ms (log)")
     right.set_title("p99 latency")
     left.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
     for axis in (left, right):
         axis.grid(True, which="both", alpha=0.3)
         axis.set_xscale("log")
-    right.legend(fontsize=7, loc="upper left")
+        for scale in (axis.xaxis, axis.yaxis):
+            scale.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            scale.set_major_formatter(plain)
+            scale.set_minor_formatter(NullFormatter())
+    handles, labels = right.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     names = {"s1": "S1: 20 rooms × 50, 2 senders/room", "big": "one room × 500, 2 senders"}
     figure.suptitle(names.get(scenario, scenario))
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=90)
     plt.close(figure)
@@ -249,8 +250,9 @@ def generated(path: Path) -> str:
         ),
         "",
     ]
+    kind = "quick" if meta.get("quick") else "full"
     for scenario, title in (("s1", "S1 steps"), ("big", "One room × 500 steps")):
-        image = IMG / f"bench-{scenario}.png"
+        image = IMG / f"bench-{kind}-{scenario}.png"
         if plot(records, scenario, systems, image):
             parts += [f"### {title}", "", f"![{title}](img/{image.name})", ""]
         else:
@@ -314,16 +316,34 @@ def generated(path: Path) -> str:
     return "\n".join(parts)
 
 
-def write(path: Path) -> None:
-    body = generated(path)
+def write(*paths: Path) -> None:
+    """One section per results file (e.g. the latest quick run, then the latest full run)."""
+    sections = []
+    for path in paths:
+        meta = next((r for r in load(path) if r.get("kind") == "meta"), {})
+        title = "Quick run (`scripts/bench --quick`)" if meta.get("quick") else "Full run"
+        sections.append(f"### {title}\n\n" + generated(path).replace("\n### ", "\n#### "))
+    body = "\n".join(sections)
     text = DOC.read_text() if DOC.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
     if START not in text or END not in text:
         text = text.rstrip() + f"\n\n## Results\n\n{START}\n{END}\n"
     head, rest = text.split(START, 1)
     tail = rest.split(END, 1)[1]
     DOC.write_text(f"{head}{START}\n{body}\n{END}{tail}")
-    print(f"wrote {DOC.relative_to(ROOT)} from {path.name}")
+    print(f"wrote {DOC.relative_to(ROOT)} from {', '.join(p.name for p in paths)}")
+
+
+def latest_runs(results: Path = ROOT / "bench" / "results") -> list[Path]:
+    """The newest quick run and the newest full run, those that exist."""
+    found = []
+    for prefix in ("quick", "full"):
+        files = sorted(results.glob(f"{prefix}-*.jsonl"))
+        if files:
+            found.append(files[-1])
+    if not found:
+        raise SystemExit("no results yet: run scripts/bench first")
+    return found
 
 
 if __name__ == "__main__":
-    write(Path(sys.argv[1]) if len(sys.argv) > 1 else latest(ROOT / "bench" / "results"))
+    write(*([Path(arg) for arg in sys.argv[1:]] or latest_runs()))

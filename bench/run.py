@@ -242,7 +242,7 @@ def cli(argv: list[str] | None = None) -> None:
         path = asyncio.run(main(args))
         print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
         if not args.no_report:
-            report.write(path)
+            report.write(*report.latest_runs())
 
 
 if __name__ == "__main__":
