@@ -148,6 +148,9 @@ class Generator:
         async def one(client: Client) -> None:
             nonlocal failed
             async with gate:
+                if self.time_left() <= 0:
+                    failed += 1  # out of this system's time budget: do not start more
+                    return
                 try:
                     times.append(await client.open(tally, timeout))
                 except Exception as exc:
