@@ -48,6 +48,9 @@ def base_env(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "CHAT_ALLOW_SQLITE": "1",
             "DJANGO_SECURE_SSL_REDIRECT": "0",
             "DJANGO_SECURE_COOKIES": "0",
+            # Every test client comes from 127.0.0.1: one address for all of them. A test of
+            # the per-address limit sets its own.
+            "CHAT_RATE_LIMIT_PER_ADDRESS": "1000000/1",
         }
     )
     env.update(extra)
