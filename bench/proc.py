@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -57,14 +58,19 @@ class CpuMeter:
     def start(self) -> None:
         self._wall = time.monotonic()
         self._server = total_cpu(self.server_pids)
+        self._per_server = [cpu_seconds(pid) for pid in self.server_pids]
         self._redis = cpu_seconds(self.redis_pid)
         self._own = own_cpu()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         wall = time.monotonic() - self._wall
         return {
             "wall_s": wall,
             "server_cpu_s": total_cpu(self.server_pids) - self._server,
+            "per_server_cpu_s": [
+                cpu_seconds(pid) - before
+                for pid, before in zip(self.server_pids, self._per_server, strict=True)
+            ],
             "redis_cpu_s": cpu_seconds(self.redis_pid) - self._redis,
             "generator_cpu_s": own_cpu() - self._own,
         }

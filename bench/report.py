@@ -42,7 +42,7 @@ def _fmt(value: Any, digits: int = 0) -> str:
 
 def bottleneck(step: Record) -> str:
     """Who held the rate back, from the CPU figures of the step (a heuristic, see the doc)."""
-    if step.get("generator_bound"):
+    if step.get("generator_bound") or (step.get("generator_core_share") or 0) >= 0.75:
         return "generator"
     if (step.get("server_cores") or 0) >= 1.2:
         return "servers"
