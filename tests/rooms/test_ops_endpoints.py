@@ -140,7 +140,7 @@ class RemoteClient(AsyncClient):
         return scope
 
 
-@pytest.mark.django_db
+@pytest.mark.django_db(transaction=True)  # async ORM runs outside the test transaction
 async def test_a_remote_peer_gets_403_and_staff_200(runtime: Any) -> None:
     for path in OPS:
         assert_forbidden(*_parts(await RemoteClient().get(path)))
