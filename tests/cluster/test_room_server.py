@@ -233,3 +233,14 @@ async def test_text_that_is_not_unicode_is_refused_where_it_enters(node: Cluster
             await node.submit("room", command)
         assert refused.value.code == "bad_request"
     assert node.supervisor.servers["room"] is server
+
+
+async def test_the_cluster_view_runs_no_refresh(node: ClusterRuntime) -> None:
+    async def no_refresh() -> None:
+        raise AssertionError("an HTTP request ran a membership refresh (and its listeners)")
+
+    node.membership.refresh = no_refresh  # type: ignore[method-assign]
+    await node.submit("room", send("u", "c0"))
+    view = await node.cluster_view()
+    assert [n["name"] for n in view["nodes"]] == ["a"]
+    assert view["rooms"] == [{"slug": "room", "owner": "a", "epoch": 1}]
