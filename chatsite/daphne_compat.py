@@ -18,11 +18,18 @@
 4. A socket closed with 1013 (it stopped reading) keeps its connection for ``SLOW_CLOSE_WAIT_S``
    after the close frame, not autobahn's default second: the close frame waits behind what the
    client has not read, and a client that reads again should get both, then resume.
+5. Framing once per event. Server-to-client frames are not masked, so one event's frame bytes
+   are the same for every socket: ``TransportProbe.write_text`` writes a frame framed once per
+   process (``framed``) straight into the socket's transport, skipping the per-socket path
+   through Channels, daphne and autobahn (three quarters of a node's CPU under fan-out load;
+   see docs/benchmarks.md). ``RUNNODE_PREPARED_FRAMES=off`` turns it off, to measure it.
 """
 
 from __future__ import annotations
 
+import os
 import weakref
+from collections import OrderedDict
 from typing import Any
 
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
@@ -32,6 +39,26 @@ INBOUND_FRAMES = 16  # frames from one client waiting for the application before
 INBOUND_BYTES = 256 * 1024  # the same in bytes (one frame may be up to daphne's 1 MiB limit)
 INBOUND_CHECK_S = 0.01  # how soon a paused socket first looks whether it may read again
 INBOUND_CHECK_MAX_S = 0.25  # and how seldom at most
+PREPARED_FRAMES = os.environ.get("RUNNODE_PREPARED_FRAMES", "on") != "off"
+_FRAMED_KEEP = 256  # frames whose bytes are remembered: the events a room's sockets still send
+# id(text) -> (text, frame bytes); holding the text keeps its id from being reused.
+_framed: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+
+
+def framed(text: str) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame carrying ``text``, built once per text
+    object: the outbox hands every socket the same string for one event."""
+    cached = _framed.get(id(text))
+    if cached is not None and cached[0] is text:
+        return cached[1]
+    from autobahn.websocket.protocol import PreparedMessage
+
+    # What WebSocketServerFactory.prepareMessage builds (servers do not mask).
+    data = PreparedMessage(text.encode(), False, False, True).payloadHybi
+    _framed[id(text)] = (text, data)
+    if len(_framed) > _FRAMED_KEEP:
+        _framed.popitem(last=False)
+    return data
 
 
 class TransportProbe:
@@ -40,6 +67,27 @@ class TransportProbe:
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
+
+    def write_text(self, text: str) -> bool:
+        """Write ``text`` as one frame straight into the socket's transport, now (the caller's
+        order is the socket's order, as with daphne's own send, which is synchronous too).
+        False, having written nothing, when the frame must go the ordinary way: the socket
+        is not open (closing or closed: the ordinary send knows what to do), permessage
+        compression was negotiated (every socket's bytes differ), or autobahn has writes
+        queued (ours must not overtake them)."""
+        if not PREPARED_FRAMES:
+            return False
+        protocol = self._protocol()
+        if (
+            protocol is None
+            or protocol.state != protocol.STATE_OPEN
+            or protocol._perMessageCompress is not None
+            or protocol.send_queue
+            or protocol.transport is None
+        ):
+            return False
+        protocol.transport.write(framed(text))
+        return True
 
     def buffered(self) -> int:
         protocol = self._protocol()

@@ -27,6 +27,7 @@ from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from chatsite.daphne_compat import TRANSPORT_EXTENSION, TransportProbe
 from cluster.commands import Command
 from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
@@ -321,10 +322,19 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self._send_text(text, size)
 
     async def _send_text(self, text: str, size: int) -> bool:
-        """Write one encoded frame once the budget has room; False if the socket is closing."""
+        """Write one encoded frame once the budget has room; False if the socket is closing.
+
+        Under daphne the frame's bytes, framed once per event for all sockets, go straight into
+        the socket's transport (``TransportProbe.write_text``); the budget reads that same
+        transport's buffer. Order with the acks and errors written by ``self.send`` holds:
+        both write synchronously, before the writer yields."""
         if not await self.budget.wait_for_room(size, give_up=self._stopping):
             return False
-        await self._send_raw(text)
+        if self.closing:
+            return False
+        probe = (self.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
+        if not isinstance(probe, TransportProbe) or not probe.write_text(text):
+            await self._send_raw(text)
         return not self.closing
 
     async def _send_presence_state(self) -> None:
