@@ -35,7 +35,13 @@ from cluster.runtime import ClusterRuntime
 from . import selectors, services
 from .identity import Identity, IdentityRefused, Recheck, claim_guest_name, client_address, identify
 from .outbox import Frame, Outbox, encode
-from .protocol import FrameRefused, error_frame, parse_after, parse_client_frame
+from .protocol import (
+    FrameRefused,
+    error_frame,
+    parse_after,
+    parse_client_frame,
+    refuse_oversized,
+)
 from .runtime import current_runtime
 from .socket_budget import SendBudget, SocketStalled
 from .socket_caps import Slot, caps_of
@@ -116,7 +122,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _admit(self) -> None:
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
-        self.commands: asyncio.Queue[tuple[float, str | None]] = asyncio.Queue(COMMANDS_WAITING)
+        self.commands: asyncio.Queue[tuple[float, str | FrameRefused | None]] = asyncio.Queue(
+            COMMANDS_WAITING
+        )
         self.outbox = Outbox(max_frames=OUTBOX_FRAMES, max_bytes=0)
         self.wake = asyncio.Event()
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
@@ -437,7 +445,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         loop = asyncio.get_running_loop()
         # Stamped on arrival. A full queue holds this frame (and, through daphne, the socket's
         # reading) back: a flood is read no faster than it is served, and costs no memory.
-        await self.commands.put((loop.time(), text_data))
+        received_at = loop.time()
+        oversized = refuse_oversized(text_data) if text_data is not None else None
+        # An oversized frame waits as its refusal, not as its text: the queue stays small.
+        await self.commands.put((received_at, oversized if oversized is not None else text_data))
         if self.commander is None:
             self.commander = loop.create_task(self._command_loop())
 
@@ -448,12 +459,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 return
             await self._command(received_at, text_data)
 
-    async def _command(self, received_at: float, text_data: str | None) -> None:
+    async def _command(self, received_at: float, text_data: str | FrameRefused | None) -> None:
         assert self.runtime is not None
         client_id: str | None = None
         try:
             if text_data is None:
                 raise CommandError("bad_request", "binary frames are not part of the protocol")
+            if isinstance(text_data, FrameRefused):
+                raise text_data
             frame = parse_client_frame(text_data)
             client_id = frame.client_id
             identity = await self._current_identity()

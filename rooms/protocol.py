@@ -9,7 +9,10 @@ from typing import Any
 from cluster.errors import CommandError, ErrorCode
 
 CLIENT_TYPES = ("send", "edit", "delete", "typing")
-MAX_FRAME_CHARS = 16_000  # a body of 4,000 characters is far below; anything bigger is abuse
+MAX_FRAME_CHARS = 16_000
+# An oversized frame is read for its client_id only up to this size: a 4,000-character body
+# escaped as \uXXXX pairs stays under it; anything bigger is abuse and gets no such effort.
+CLIENT_ID_SCAN_CHARS = 64_000  # a body of 4,000 characters is far below; anything bigger is abuse
 MAX_SEQ = 2**53  # the largest seq a client may name: exact in a JavaScript number
 
 
@@ -31,14 +34,33 @@ class FrameRefused(CommandError):
         self.client_id = client_id
 
 
+def refuse_oversized(text: str) -> FrameRefused | None:
+    """The refusal of a frame over MAX_FRAME_CHARS (None if it is not), naming the frame's
+    client_id when it has one: a body just over the limit, escaped by the client's JSON encoder,
+    is an honest mistake whose error the client must be able to match to its command."""
+    if len(text) <= MAX_FRAME_CHARS:
+        return None
+    client_id = None
+    if len(text) <= CLIENT_ID_SCAN_CHARS:
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            data = None
+        found = data.get("client_id") if isinstance(data, dict) else None
+        if isinstance(found, str) and found and _encodable(found):
+            client_id = found
+    return FrameRefused("too_large", f"frame has {len(text)} characters", client_id)
+
+
 def parse_client_frame(text: str) -> ClientFrame:
     """Parse one text frame; raises FrameRefused('bad_request' | 'too_large') with a reason.
 
     What comes back is safe to hand to the cluster: every string in it encodes to UTF-8 (Redis,
     the pub/sub RPC and the socket all need that). NUL is ordinary text here (JSON escapes it).
     """
-    if len(text) > MAX_FRAME_CHARS:
-        raise FrameRefused("too_large", f"frame has {len(text)} characters")
+    oversized = refuse_oversized(text)
+    if oversized is not None:
+        raise oversized
     try:
         data = json.loads(text)
     except ValueError:  # also ints beyond Python's 4,300-digit limit
