@@ -23,7 +23,7 @@ from rooms import names, services
 from rooms.identity import client_address
 from rooms.runtime import build_runtime, install
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = pytest.mark.django_db(transaction=True)  # async tests run in auto mode
 
 # Each looks like "alice" or "admin" on screen (issue 9's list).
 LOOKALIKES = [
