@@ -74,13 +74,6 @@ class Refuse(Exception):
         self.frame = frame
 
 
-def _running(runtime: ClusterRuntime | None) -> bool:
-    if runtime is None:
-        return False
-    state = runtime.state
-    return str(getattr(state, "value", state)) == "running"
-
-
 class RoomConsumer(AsyncWebsocketConsumer):
     user = ""
     slug = ""
@@ -139,7 +132,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.budget = budget
         self.outbox.max_bytes = budget.quarter
         runtime = current_runtime()
-        if runtime is None or not _running(runtime):
+        if runtime is None or not runtime.accepting_sockets:
             raise Refuse(CLOSE_DRAINING, "node not running")
         self.runtime = runtime
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))

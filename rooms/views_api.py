@@ -44,7 +44,7 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     runtime = current_runtime()
     if runtime is None:
         return JsonResponse({"status": "unavailable", "node": None}, status=503)
-    if runtime.state != "running":
+    if not runtime.accepting_sockets:  # starting, draining or stopped
         return JsonResponse({"status": runtime.state, "node": runtime.node}, status=503)
     if not runtime.ready:
         return JsonResponse({"status": "redis_unreachable", "node": runtime.node}, status=503)
