@@ -1,4 +1,4 @@
-"""Django settings, read from the environment (see ../shared/CONTRACT.md and README).
+"""Django settings, read from the environment (the README lists every variable).
 
 Every variable the project reads is named in ``ENVIRONMENT`` below, so that the helm chart's
 tests can check that the chart sets only variables that exist here.
