@@ -235,13 +235,6 @@ class RoomLog:
         """The seq reservation Redis has seen for the room (0 if it never saw one)."""
         return int(await self._redis.get(RoomKeys(slug).reserved) or 0)
 
-    async def set_reservation(self, slug: str, seq: int) -> None:
-        """Deprecated: raise Redis's reservation apart from any append. Kept only until the room
-        server passes ``append(..., reservation=R)``; then delete the call. A reservation written
-        on its own can land in a Redis that lost the appends before it and then vouches for a
-        log it does not hold (seq_recovery assumes it never happens)."""
-        await self._raise_floor(keys=[RoomKeys(slug).reserved], args=[str(seq)])
-
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))
 
