@@ -23,6 +23,11 @@
    process (``framed``) straight into the socket's transport, skipping the per-socket path
    through Channels, daphne and autobahn (three quarters of a node's CPU under fan-out load;
    see docs/benchmarks.md). ``RUNNODE_PREPARED_FRAMES=off`` turns it off, to measure it.
+6. Writing through. Twisted's ``transport.write`` only buffers: it registers the socket with
+   the selector, and the next loop iteration writes it and unregisters it again — two epoll
+   re-registrations and a loop turn per frame, a quarter of a node's CPU under fan-out. When
+   nothing is waiting in the transport, ``write_through`` sends on the socket at once, as
+   asyncio's own transports do, and hands Twisted only what the kernel did not take.
 """
 
 from __future__ import annotations
@@ -86,8 +91,13 @@ class TransportProbe:
             or protocol.transport is None
         ):
             return False
-        protocol.transport.write(framed(text))
+        write_through(protocol.transport, framed(text))
         return True
+
+    def write_if_idle(self, text: str) -> bool:
+        """``write_text``, only when nothing at all waits to be sent on this socket (then the
+        frame fits any budget, and nothing it could overtake exists)."""
+        return self.buffered() == 0 and self.write_text(text)
 
     def buffered(self) -> int:
         protocol = self._protocol()
@@ -104,6 +114,34 @@ class TransportProbe:
             total += _fd_buffered(transport)
             transport = getattr(transport, "transport", None)
         return total
+
+
+def write_through(transport: Any, data: bytes) -> None:
+    """``transport.write(data)``, but sent on the socket now when the transport holds nothing
+    (order is kept: anything already buffered goes first through Twisted). Plain TCP only: a
+    TLS transport, or anything not a Twisted TCP connection, takes the ordinary way."""
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is None
+        or getattr(transport, "TLS", True)  # Twisted's TCP transports say False until startTLS
+        or not getattr(transport, "connected", False)
+        or getattr(transport, "disconnecting", True)
+        or getattr(transport, "_writeDisconnected", True)
+        or _fd_buffered(transport)
+    ):
+        transport.write(data)
+        return
+    try:
+        sent = sock.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        # The connection is going (reset, broken pipe): Twisted's own write finds out and
+        # runs its connection-lost path, which we must not duplicate here.
+        transport.write(data)
+        return
+    if sent < len(data):
+        transport.write(data[sent:])
 
 
 def _fd_buffered(transport: Any) -> int:
