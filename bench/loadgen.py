@@ -64,7 +64,7 @@ class Plan:
     idle_sockets: int
     storm_sockets: int
     max_bad_steps: int
-    profile_rate: int = 8000
+    profile_rate: int = 20000
     profile_s: float = 12.0
 
 

@@ -73,13 +73,14 @@ class TransportProbe:
     def __init__(self, protocol: Any) -> None:
         self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
 
-    def write_text(self, text: str) -> bool:
+    def write_text(self, text: str, *, only_if_idle: bool = False) -> bool:
         """Write ``text`` as one frame straight into the socket's transport, now (the caller's
         order is the socket's order, as with daphne's own send, which is synchronous too).
         False, having written nothing, when the frame must go the ordinary way: the socket
         is not open (closing or closed: the ordinary send knows what to do), permessage
         compression was negotiated (every socket's bytes differ), or autobahn has writes
-        queued (ours must not overtake them)."""
+        queued (ours must not overtake them). With ``only_if_idle``, also False when the
+        transport holds anything: then the frame fits any budget and overtakes nothing."""
         if not PREPARED_FRAMES:
             return False
         protocol = self._protocol()
@@ -91,13 +92,10 @@ class TransportProbe:
             or protocol.transport is None
         ):
             return False
+        if only_if_idle and self._transport_buffered(protocol.transport):
+            return False
         write_through(protocol.transport, framed(text))
         return True
-
-    def write_if_idle(self, text: str) -> bool:
-        """``write_text``, only when nothing at all waits to be sent on this socket (then the
-        frame fits any budget, and nothing it could overtake exists)."""
-        return self.buffered() == 0 and self.write_text(text)
 
     def buffered(self) -> int:
         protocol = self._protocol()
@@ -107,7 +105,11 @@ class TransportProbe:
         queue = getattr(protocol, "send_queue", None)  # autobahn's chopped or sync writes
         if queue:
             total += sum(len(item[0]) for item in queue)
-        transport = getattr(protocol, "transport", None)
+        return total + self._transport_buffered(getattr(protocol, "transport", None))
+
+    @staticmethod
+    def _transport_buffered(transport: Any) -> int:
+        total = 0
         for _ in range(4):  # protocol -> TLS -> TCP, and no further
             if transport is None:
                 break
