@@ -102,12 +102,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
     closing = False  # a close frame went (or the socket is gone): nothing more is written
     close_code: int | None = None  # a close was asked for; the send loop carries it out
     phase = "new"  # new -> admitting -> open -> closed
-    sender: asyncio.Task[None] | None = None
-    closer: asyncio.Task[None] | None = None
+    sender: asyncio.Task[None] | None = None  # the writer, while it has work
     commander: asyncio.Task[None] | None = None  # runs the queued commands, one at a time
     slot: Slot | None = None
     probe: TransportProbe | None = None  # daphne's view of the socket's transport
-    idle = False  # the send loop is parked: nothing queued, nothing to read from the log
+    # No writer task runs: nothing queued, nothing to read from the log. An idle socket costs
+    # no task (most sockets are idle most of the time); ``_kick`` starts one when needed.
+    idle = False
+    commands: asyncio.Queue[tuple[float, str | FrameRefused | None]] | None = None
 
     async def connect(self) -> None:
         # Accept first, then refuse with a close code: a browser sees codes only after accept.
@@ -130,15 +132,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._close_with(self.close_code)
             return
         self.phase = "open"
-        self.sender = asyncio.get_running_loop().create_task(self._send_loop())
+        self._kick()  # the replay, and anything queued while admitting
 
     async def _admit(self) -> None:
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
-        self.commands: asyncio.Queue[tuple[float, str | FrameRefused | None]] = asyncio.Queue(
-            COMMANDS_WAITING
-        )
         self.outbox = Outbox(max_frames=OUTBOX_FRAMES, max_bytes=0)
-        self.wake = asyncio.Event()
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
         self.known_seq = 0  # the highest seq this socket has heard of
         self.behind = False  # durable events were skipped: the send loop reads them from the log
@@ -241,7 +239,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _shutdown(self) -> None:
         self.closing = True
         self.phase = "closed"
-        for task in (self.sender, self.closer, self.commander):
+        for task in (self.sender, self.commander):
             if task is not None and task is not asyncio.current_task() and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -289,8 +287,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         elif not self.outbox.offer(frame):
             return  # typing: ephemeral, dropped when the socket is behind
-        self.idle = False  # from now until the loop has sent it, nothing may overtake it
-        self.wake.set()
+        self._kick()
+
+    def _kick(self) -> None:
+        """Something waits for the socket: from now until the writer has sent it, nothing may
+        overtake it (``idle`` is off), and the writer runs (it ends when it runs dry)."""
+        self.idle = False
+        if self.phase == "open" and (self.sender is None or self.sender.done()):
+            self.sender = asyncio.get_running_loop().create_task(self._send_loop())
 
     def _write_now(self, frame: Frame) -> bool:
         """Write ``frame`` from the fan-out's own call when nothing waits for this socket: the
@@ -313,11 +317,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing or self.close_code is not None:
             return
         self.close_code = code
-        if self.phase == "open" and self.sender is not None and not self.sender.done():
-            self.wake.set()
-        elif self.phase == "open":
-            self.closer = asyncio.get_running_loop().create_task(self._close_with(code))
-        # "admitting": connect closes it when admission ends.
+        self._kick()  # the writer sends what fits, then the close ("admitting": connect does)
 
     # -- the one writer ----------------------------------------------------------------------
 
@@ -334,14 +334,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
                     await self._send_presence_state()
                 elif self.known_seq > self.sent_seq:
                     await self._fill(until=self.known_seq)
-                else:
+                else:  # ran dry: end, and let the fan-out write directly until _kick
                     self.behind = False
-                    self.wake.clear()
                     self.idle = True
-                    try:
-                        await self.wake.wait()
-                    finally:
-                        self.idle = False
+                    self.sender = None
+                    return
         except asyncio.CancelledError:
             raise
         except SocketStalled as stalled:
@@ -491,12 +488,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
         received_at = loop.time()
         oversized = refuse_oversized(text_data) if text_data is not None else None
         # An oversized frame waits as its refusal, not as its text: the queue stays small.
+        if self.commands is None:  # made on the first frame: most sockets never send one
+            self.commands = asyncio.Queue(COMMANDS_WAITING)
         await self.commands.put((received_at, oversized if oversized is not None else text_data))
         if self.commander is None:
             self.commander = loop.create_task(self._command_loop())
 
     async def _command_loop(self) -> None:
         while True:
+            assert self.commands is not None
             received_at, text_data = await self.commands.get()
             if self._stopping():
                 return
