@@ -188,6 +188,7 @@ def expose_transport() -> None:
 
     def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
         if scope.get("type") == "websocket":
+            forget_upgrade_request(protocol)
             extensions = dict(scope.get("extensions") or {})
             extensions[TRANSPORT_EXTENSION] = TransportProbe(protocol)
             scope["extensions"] = extensions
@@ -195,6 +196,21 @@ def expose_transport() -> None:
 
     Server.create_application = create_application
     Server._chat_transport_probe = True
+
+
+def forget_upgrade_request(protocol: Any) -> None:
+    """Let the HTTP request that was upgraded to this WebSocket go.
+
+    The HTTP channel stays the TCP transport's producer after the upgrade, and its list of
+    requests keeps the upgraded one alive for the socket's whole life: its headers, its body
+    buffer and daphne's copy of both, about 2.5 kB per idle socket. Nothing reads them again
+    (the WebSocket protocol has its own copy of what the scope needed, and the transport's
+    protocol is the WebSocket one, so the channel sees no more data or connection loss)."""
+    producer = getattr(getattr(protocol, "transport", None), "producer", None)
+    channel = getattr(producer, "_channel", producer)  # _GenericHTTPChannelProtocol wraps it
+    requests = getattr(channel, "requests", None)
+    if isinstance(requests, list) and len(requests) == 1:
+        requests.clear()
 
 
 def _inbound_backlog(queue: Any) -> tuple[int, int]:
