@@ -75,6 +75,9 @@ class Refuse(Exception):
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
+    # No channel layer: room events reach sockets through the node's fan-out, never the
+    # project's layer (chatsite/channel_layers.py says why); no alias of that name exists.
+    channel_layer_alias = "none: rooms use the cluster fan-out"
     user = ""
     slug = ""
     identity: Identity | None = None
