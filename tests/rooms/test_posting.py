@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from asgiref.sync import sync_to_async
+from django import db
 from django.contrib.auth import get_user_model
 from django.middleware.csrf import _get_new_csrf_string
 from django.test import AsyncClient
@@ -61,9 +62,14 @@ async def test_apost_message_is_a_send_with_dedupe(runtime: Any) -> None:
 async def test_post_message_sync_from_a_worker_thread(runtime: Any) -> None:
     room = await _room()
     bot, _ = await _bot(rooms=[room])
-    result = await sync_to_async(services.post_message, thread_sensitive=False)(
-        "lobby", "from a thread", author=bot, client_id="t1"
-    )
+
+    def in_a_worker() -> services.PostResult:
+        try:
+            return services.post_message("lobby", "from a thread", author=bot, client_id="t1")
+        finally:
+            db.connection.close()  # this thread's own connection: gone before the test database
+
+    result = await sync_to_async(in_a_worker, thread_sensitive=False)()
     assert (result.seq, result.duplicate) == (1, False)
     # The same from Django's thread-sensitive executor (a sync view's thread).
     again = await sync_to_async(services.post_message)(
