@@ -8,6 +8,7 @@ limit and dedupe belong to it, never to its display name.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,8 @@ SECRET_BYTES = 32
 # last_used_at is written at most this often per token: an audit hint, not a write per post.
 SEEN_EVERY = timedelta(seconds=60)
 MAX_TOKEN_CHARS = 200  # a header longer than any token we make is no token
+# What ``issue`` makes: the key is 8 letters and digits, the secret URL-safe base64.
+_TOKEN = re.compile(r"chatbot_[A-Za-z0-9]{8}_[A-Za-z0-9_-]{20,100}")
 
 
 class BotRefused(Exception):
@@ -85,11 +88,9 @@ def authenticate(token: str) -> BotToken:
     """The live token row for ``token``; raises BotRefused (one message for every unknown or
     malformed token, so that nothing tells a guesser which part was wrong)."""
     unknown = BotRefused("invalid bot token")
-    if len(token) > MAX_TOKEN_CHARS or not token.startswith(PREFIX):
-        raise unknown
-    key, sep, _secret = token.removeprefix(PREFIX).partition("_")
-    if not sep or not key:
-        raise unknown
+    if len(token) > MAX_TOKEN_CHARS or _TOKEN.fullmatch(token) is None:
+        raise unknown  # before any query: no text a database may refuse (NUL, surrogates)
+    key = token.removeprefix(PREFIX).partition("_")[0]
     bot = BotToken.objects.filter(key=key).first()
     if bot is None or not constant_time_compare(bot.secret_hash, hash_token(token)):
         raise unknown
