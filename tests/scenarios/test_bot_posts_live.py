@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +17,7 @@ import pytest
 from tests.support.client import ChatClient
 from tests.support.nodes import Cluster, manage
 
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "bots.md"
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 
@@ -62,6 +65,19 @@ async def test_bot_message_reaches_a_socket_on_another_node(
         assert status == 201 and then["seq"] == 2
         await watcher.wait_for(lambda: len(watcher.durable) == 2)
         assert [f["seq"] for f in watcher.durable] == [1, 2]
+        # The Python example of docs/bots.md, as printed there.
+        example = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)[0]
+        scope: dict[str, Any] = {}
+        exec(compile(example, "docs/bots.md", "exec"), scope)
+        os.environ["CHAT_BOT_TOKEN"] = token
+        try:
+            from_docs = await asyncio.to_thread(
+                scope["post"], "ops", "from the docs", "doc-1", a.http
+            )
+        finally:
+            del os.environ["CHAT_BOT_TOKEN"]
+        assert from_docs == {"seq": 3, "id": "m3", "client_id": "doc-1"}
+        await watcher.wait_for(lambda: len(watcher.durable) == 3)
         await watcher.close()
     finally:
         cluster.close()
