@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from chatsite.channel_layers import channel_layers_for
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # name -> one-line meaning; the single list of what this project reads from the environment.
@@ -117,6 +119,9 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "chatsite.redact.RedactingExceptionReporterF
 
 CHAT_DATA_DIR = Path(_env("CHAT_DATA_DIR", str(BASE_DIR / "var")))
 CHAT_REDIS_URL = _env("REDIS_URL", "")
+# The Channels layer of the project's own consumers and code (chatsite/channel_layers.py):
+# on REDIS_URL; with the embedded Redis, runnode sets it once that Redis is up.
+CHANNEL_LAYERS = channel_layers_for(CHAT_REDIS_URL)
 CHAT_NODE_NAME = _env("CHAT_NODE_NAME", f"{socket.gethostname()}-{os.getpid()}")
 CHAT_LEASE_TTL_MS = _env_int("CHAT_LEASE_TTL_MS", 3000, minimum=300)
 CHAT_DRAIN_TIMEOUT_S = _env_int("CHAT_DRAIN_TIMEOUT_S", 20)

@@ -77,6 +77,9 @@ class ClusterRuntime:
     redis_url: str = field(repr=False)  # may hold a password
     hooks: RuntimeHooks = field(default_factory=RuntimeHooks)
     state: RuntimeState = RuntimeState.NEW
+    # The event loop it runs in, from ``start()``: threads hand it work there (its Redis
+    # connections belong to that loop and no other).
+    loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.node = self.config.node_name
@@ -139,6 +142,7 @@ class ClusterRuntime:
 
     async def start(self) -> None:
         self._become(RuntimeState.STARTING)
+        self.loop = asyncio.get_running_loop()
         await self.hub.start()
         await self.hub.subscribe(keys.CLUSTER_CHANNEL, self._on_cluster_message)
         await self.rpc.start()

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 
-from . import redis_admin, services
-from .models import ModerationLog, Room
+from . import bots, redis_admin, services
+from .models import BotToken, ModerationLog, Room
 
 
 class ArchivedFilter(admin.SimpleListFilter):
@@ -183,3 +184,68 @@ class ModerationLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class BotTokenForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = BotToken
+        fields = ["name", "all_rooms", "rooms"]
+
+    def clean_name(self) -> str:
+        name = str(self.cleaned_data["name"])
+        problem = bots.name_problem(name)
+        if problem:
+            raise forms.ValidationError(problem)
+        return name
+
+
+@admin.register(BotToken)
+class BotTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Tokens for bots: the token is made on save and shown once (only its hash is kept);
+    revoking is final (a new token is a new row)."""
+
+    form = BotTokenForm
+    list_display = ["name", "key", "all_rooms", "created_at", "last_used_at", "revoked"]
+    list_filter = ["all_rooms", "revoked_at", "created_at"]
+    search_fields = ["name", "key"]
+    filter_horizontal = ["rooms"]
+    readonly_fields = ["key", "principal", "created_at", "created_by", "last_used_at",
+                       "revoked_at"]  # fmt: skip
+    actions = ["revoke_tokens"]
+
+    @admin.display(boolean=True, description="revoked")
+    def revoked(self, bot: BotToken) -> bool:
+        return bot.revoked
+
+    @admin.display(description="posts as")
+    def principal(self, bot: BotToken) -> str:
+        return bot.principal if bot.pk else "–"
+
+    def save_model(self, request: HttpRequest, obj: BotToken, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user  # type: ignore[assignment]
+            obj._issued_token = bots.issue(obj)  # type: ignore[attr-defined]
+        super().save_model(request, obj, form, change)
+
+    def response_add(
+        self, request: HttpRequest, obj: BotToken, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        token = getattr(obj, "_issued_token", None)
+        if token is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Token for {obj.name}",
+            "opts": self.model._meta,
+            "bot": obj,
+            "token": token,
+        }
+        response = TemplateResponse(request, "admin/rooms/bottoken/token_issued.html", context)
+        response["Cache-Control"] = "no-store"  # the one copy of the token: never cached
+        return response
+
+    @admin.action(description="Revoke: the token stops working at once", permissions=["change"])
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[BotToken]) -> None:
+        for bot in queryset:
+            bots.revoke(bot)
+        self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)

@@ -88,10 +88,9 @@ class Refuse(Exception):
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
-    # Room sockets take nothing from a channel layer (the cluster's fan-out feeds them): an
-    # alias that names none keeps Channels from giving each socket a layer channel and a
-    # reader of it, even when the project configures CHANNEL_LAYERS for other consumers.
-    channel_layer_alias = "room-sockets-use-no-channel-layer"
+    # No channel layer: room events reach sockets through the node's fan-out, never the
+    # project's layer (chatsite/channel_layers.py says why); no alias of that name exists.
+    channel_layer_alias = "none: rooms use the cluster fan-out"
     user = ""
     slug = ""
     identity: Identity | None = None

@@ -98,3 +98,43 @@ class NameKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="namekey_user_key")]
+
+
+class BotToken(models.Model):
+    """A bot's credential for ``POST /api/rooms/SLUG/messages`` (``Authorization: Bearer``).
+
+    The token is ``chatbot_<key>_<secret>``: ``key`` finds the row (indexed, not secret), and
+    only a SHA-256 of the whole token is kept; the token itself is shown once, when it is
+    made. A plain hash is enough: the secret is 32 random bytes, nothing to brute-force (unlike
+    a password). The bot posts as the principal ``b:<id>`` under ``name``, a display name that
+    may not be confusable with a registered user's.
+    """
+
+    name = models.CharField(max_length=30, help_text="The display name its messages show.")
+    key = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    all_rooms = models.BooleanField(
+        default=False, help_text="May post in every room (else only in the rooms listed)."
+    )
+    rooms = models.ManyToManyField(Room, blank=True, related_name="bot_tokens")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Updated at most once a minute (rooms.services.BOT_SEEN_EVERY_S): not a write per message.
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key}{', revoked' if self.revoked_at else ''})"
+
+    @property
+    def principal(self) -> str:
+        return f"b:{self.pk}"
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -17,6 +17,13 @@ from django.utils import timezone
 from . import names, redis_admin
 from .models import ModerationLog, NameKey, Room, RoomTombstone, slug_validator
 
+# Posting a message from outside a socket (a view, a task, a bot): rooms/posting.py.
+from .posting import Author as Author
+from .posting import NoRuntime as NoRuntime
+from .posting import PostResult as PostResult
+from .posting import apost_message as apost_message
+from .posting import post_message as post_message
+
 logger = logging.getLogger("rooms.services")
 
 GUEST_NAME_MAX = names.NAME_MAX

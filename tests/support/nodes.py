@@ -147,12 +147,17 @@ class Node:
 
 
 class Cluster:
-    """Nodes sharing one Redis and one SQLite file; every process is ended in ``close``."""
+    """Nodes sharing one Redis and one database (a SQLite file unless ``database_url`` names
+    another); every process is ended in ``close``."""
 
-    def __init__(self, redis_url: str, data_dir: Path, **env: str) -> None:
+    def __init__(
+        self, redis_url: str, data_dir: Path, *, database_url: str | None = None, **env: str
+    ) -> None:
         self.redis_url = redis_url
         self.data_dir = data_dir
         self.env = base_env(redis_url, data_dir, **env)
+        if database_url is not None:  # a PostgreSQL (tests/support/pg_plugin.py) or a file
+            self.env["DATABASE_URL"] = database_url
         self.nodes: list[Node] = []
         manage("migrate", "--noinput", env=self.env)
 

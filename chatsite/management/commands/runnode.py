@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chatsite import fail_closed
+from chatsite.channel_layers import channel_layers_for
 from chatsite.daphne_compat import patch_daphne
 from chatsite.redact import redact_url
 from cluster.embedded import EmbeddedRedis
@@ -66,6 +67,7 @@ class Command(BaseCommand):
         if not settings.CHAT_REDIS_URL:
             embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
             settings.CHAT_REDIS_URL = embedded.url
+            settings.CHANNEL_LAYERS = channel_layers_for(embedded.url)
             self.stdout.write(
                 f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})"
             )
