@@ -166,6 +166,80 @@ STEP_HEADER = [
 ]
 
 
+PAUSE_HEADER = [
+    "system",
+    "phase",
+    "load (deliveries/s)",
+    "nodes",
+    "rooms moved",
+    "pause median / p99 / max ms",
+    "goal",
+    "met",
+    "every sender (incl. reconnecting) p99 / max ms",
+    "clients moved: resumed, resume p50 / p99 ms",
+    "acked msgs",
+    "lost",
+    "dup",
+    "load 1m",
+]
+
+
+def _trio(summary: Record | None) -> str:
+    if not summary or summary.get("median_ms") is None:
+        return "–"
+    missing = summary.get("missing") or 0
+    text = " / ".join(_fmt(summary.get(k), 0) for k in ("median_ms", "p99_ms", "max_ms"))
+    return text + (f" ({missing} never)" if missing else "")
+
+
+def pause_rows(records: list[Record], systems: list[str]) -> list[list[str]]:
+    """One row per pauses phase (kind "pause"), the peers' "n/a" included."""
+    rows = []
+    for system in systems:
+        for r in (x for x in records if x.get("system") == system and x.get("kind") == "pause"):
+            if r.get("error") or r.get("phase") == "n/a":
+                reason = r.get("error") or r.get("reason") or ""
+                rows.append([system, str(r.get("phase")), reason[:90], *["–"] * 11])
+                continue
+            phase = r.get("phase")
+            if phase == "failover":
+                goal = f"≤ TTL {r['lease_ttl_ms'] / 1000:g} s + 1 s (kill → first ack)"
+            elif phase == "drain":
+                goal = f"p99 < {_fmt(r.get('goal_p99_ms'), 0)} ms (longest wait, connected)"
+            else:
+                goal = "n/a: no owners (time until the moved clients receive again)"
+            every = r.get("pause_all") or (r.get("stall") if phase == "failover" else None)
+            every_text = (
+                f"{_fmt(every.get('p99_ms'), 0)} / {_fmt(every.get('max_ms'), 0)}" if every else "–"
+            )
+            lost = _fmt(r.get("lost"))
+            if r.get("loss_share") is not None:
+                lost += f" ({r['loss_share']:.1%})"
+            rows.append(
+                [
+                    system,
+                    str(phase),
+                    _fmt(r.get("offered_target")),
+                    _fmt(r.get("nodes")),
+                    f"{_fmt(r.get('affected_rooms'))}/{_fmt(r.get('rooms'))}"
+                    if r.get("rooms")
+                    else "–",
+                    _trio(r.get("pause") or r.get("receive_again")),
+                    goal,
+                    {True: "yes", False: "no"}.get(r.get("met"), "–"),
+                    every_text,
+                    f"{_fmt(r.get('clients_resumed'))}/{_fmt(r.get('clients_on_victim'))}, "
+                    f"{_fmt((r.get('resume') or {}).get('median_ms'), 0)} / "
+                    f"{_fmt((r.get('resume') or {}).get('p99_ms'), 0)}",
+                    _fmt(r.get("acked", r.get("messages"))),
+                    lost,
+                    _fmt(r.get("duplicates")),
+                    _fmt((r.get("loadavg") or [None])[0], 1),
+                ]
+            )
+    return rows
+
+
 def plot(records: list[Record], scenario: str, systems: list[str], out: Path) -> bool:
     try:
         import matplotlib
@@ -259,6 +333,14 @@ def generated(path: Path) -> str:
             parts += [f"### {title}", ""]
         rows = step_rows(records, scenario, systems)
         parts += [table(STEP_HEADER, rows) if rows else "(not run)", ""]
+    rows = pause_rows(records, systems)
+    if rows:
+        parts += [
+            "### Fail-over and drain pauses under the S1 load",
+            "",
+            table(PAUSE_HEADER, rows),
+            "",
+        ]
     connects = [r for r in records if r.get("kind") in ("connect", "idle", "storm")]
     if connects:
         parts += ["### Connecting", ""]
