@@ -172,12 +172,13 @@ PAUSE_HEADER = [
     "load (deliveries/s)",
     "nodes",
     "rooms moved",
-    "pause median / p99 / max ms",
+    "pause median / p99 / max ms (rooms moved)",
     "goal",
     "met",
-    "every sender (incl. reconnecting) p99 / max ms",
+    "same, rooms not moved",
+    "drain: every sender (incl. reconnecting) p99 / max ms",
     "clients moved: resumed, resume p50 / p99 ms",
-    "acked msgs",
+    "messages acked (peers: sent)",
     "lost",
     "dup",
     "load 1m",
@@ -199,22 +200,24 @@ def pause_rows(records: list[Record], systems: list[str]) -> list[list[str]]:
         for r in (x for x in records if x.get("system") == system and x.get("kind") == "pause"):
             if r.get("error") or r.get("phase") == "n/a":
                 reason = r.get("error") or r.get("reason") or ""
-                rows.append([system, str(r.get("phase")), reason[:90], *["–"] * 11])
+                rows.append([system, str(r.get("phase")), reason[:90], *["–"] * 12])
                 continue
             phase = r.get("phase")
             if phase == "failover":
                 goal = f"≤ TTL {r['lease_ttl_ms'] / 1000:g} s + 1 s (kill → first ack)"
-            elif phase == "drain":
+            elif str(phase).startswith("drain"):
                 goal = f"p99 < {_fmt(r.get('goal_p99_ms'), 0)} ms (longest wait, connected)"
             else:
                 goal = "n/a: no owners (time until the moved clients receive again)"
-            every = r.get("pause_all") or (r.get("stall") if phase == "failover" else None)
+            every = r.get("pause_all")
             every_text = (
                 f"{_fmt(every.get('p99_ms'), 0)} / {_fmt(every.get('max_ms'), 0)}" if every else "–"
             )
             lost = _fmt(r.get("lost"))
             if r.get("loss_share") is not None:
                 lost += f" ({r['loss_share']:.1%})"
+            if r.get("members_not_resumed"):
+                lost += f"; {r['members_not_resumed']} members not back in time"
             rows.append(
                 [
                     system,
@@ -227,6 +230,7 @@ def pause_rows(records: list[Record], systems: list[str]) -> list[list[str]]:
                     _trio(r.get("pause") or r.get("receive_again")),
                     goal,
                     {True: "yes", False: "no"}.get(r.get("met"), "–"),
+                    _trio(r.get("pause_unaffected")),
                     every_text,
                     f"{_fmt(r.get('clients_resumed'))}/{_fmt(r.get('clients_on_victim'))}, "
                     f"{_fmt((r.get('resume') or {}).get('median_ms'), 0)} / "

@@ -111,7 +111,13 @@ def test_summary_ms_figures_and_missing() -> None:
 
 
 def test_summary_ms_of_nothing() -> None:
-    assert summary_ms([]) == {"n": 0, "missing": 0, "median_ms": None, "p99_ms": None, "max_ms": None}
+    assert summary_ms([]) == {
+        "n": 0,
+        "missing": 0,
+        "median_ms": None,
+        "p99_ms": None,
+        "max_ms": None,
+    }
     assert summary_ms([None, None])["missing"] == 2
 
 
@@ -196,3 +202,36 @@ def test_good_rate() -> None:
         DEFAULT_RATE,
         "default (S1 not run)",
     )
+
+
+# -- the report's table
+
+
+def test_pause_rows_project_peer_and_failed_phase() -> None:
+    from bench.report import PAUSE_HEADER, pause_rows
+
+    summary = {"n": 9, "missing": 0, "median_ms": 2700.0, "p99_ms": 2900.0, "max_ms": 2950.0}
+    records = [
+        {
+            "system": "project", "kind": "pause", "phase": "failover", "lease_ttl_ms": 3000,
+            "offered_target": 2000, "nodes": 3, "rooms": 20, "affected_rooms": 9,
+            "pause": summary, "met": True, "acked": 400, "lost": 0, "duplicates": 0,
+            "clients_on_victim": 334, "clients_resumed": 334, "loadavg": [2.0, 1.0, 1.0],
+        },
+        {"system": "project", "kind": "pause", "phase": "error", "error": "boom"},
+        {
+            "system": "socketio", "kind": "pause", "phase": "kill", "offered_target": 2000,
+            "receive_again": {**summary, "missing": 2}, "messages": 400, "lost": 50,
+            "loss_share": 0.0025, "duplicates": 0, "loadavg": [1.0, 1.0, 1.0],
+        },
+        {"system": "socketio", "kind": "step"},  # not a pause record
+    ]  # fmt: skip
+    rows = pause_rows(records, ["project", "socketio"])
+    assert len(rows) == 3
+    assert all(len(row) == len(PAUSE_HEADER) for row in rows)
+    failover, error, peer = rows
+    assert failover[5] == "2,700 / 2,900 / 2,950"
+    assert "TTL 3 s + 1 s" in failover[6] and failover[7] == "yes"
+    assert error[2] == "boom"
+    assert peer[5].endswith("(2 never)") and peer[7] == "–"
+    assert peer[12] == "50 (0.2%)"
