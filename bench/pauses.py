@@ -51,12 +51,10 @@ DRAIN_WINDOW_BEFORE_S = 0.2
 DRAIN_WINDOW_AFTER_S = 1.0
 DEFAULT_LEASE_TTL_MS = 3000  # chatsite.settings' default when CHAT_LEASE_TTL_MS is not set
 RETRY_MIN_S, RETRY_MAX_S = 0.25, 0.5  # the web page's first reconnect delay (BACKOFF_BASE_MS)
-DEFAULT_RATE = 2000
-PHASES = (
-    "failover",
-    "drain-clientless",
-    "drain",
-)  # deliveries/s, lowered to the highest good S1 rate of the run if below
+DEFAULT_RATE = 2000  # deliveries/s, lowered to the highest good S1 rate of the run if below
+# A "-clientless" phase hits a node without sockets (the fresh node that replaced the last
+# victim, once it took the rooms that prefer it): the mechanism alone, no reconnection storm.
+PHASES = ("failover", "drain-clientless", "drain", "failover-clientless")
 
 
 # -- the checker (pure)
@@ -530,10 +528,8 @@ async def _phase(
     plan: PausePlan,
 ) -> dict[str, Any]:
     ttl_ms = lease_ttl_ms(system)
-    # failover and drain hit a node with clients; drain-clientless the one without (the fresh
-    # node that replaced the killed one holds rooms but no sockets): the hand-off alone
     busy = {m.slot for m in members if m.connected}
-    clientless = phase == "drain-clientless"
+    clientless = phase.endswith("-clientless")
     candidates = [s for s in view.live if (s not in busy) == clientless]
     if not candidates:
         return {
@@ -564,7 +560,7 @@ async def _phase(
         view.live.remove(victim)  # the load balancer stops sending it anyone
         on_victim = [m for m in members if m.slot == victim and m.connected]
         event_at = time.monotonic()
-        if phase == "failover":
+        if phase.startswith("failover"):
             await asyncio.to_thread(system.kill_node, victim)
             exit_code: int | None = -9
             exited_at = event_at
@@ -627,7 +623,7 @@ async def _phase(
         "generator_loop_lag_max_ms": None if lag_max is None else round(lag_max, 1),
         **check,
     }
-    if phase == "failover":
+    if phase.startswith("failover"):
         budget = ttl_ms / 1000 + 1
         pauses = [first_ack_after(by_room[room], event_at) for room in affected]
         others = [first_ack_after(by_room[r], event_at) for r in rooms if r not in affected]

@@ -235,3 +235,17 @@ def test_pause_rows_project_peer_and_failed_phase() -> None:
     assert error[2] == "boom"
     assert peer[5].endswith("(2 never)") and peer[7] == "–"
     assert peer[12] == "50 (0.2%)"
+
+
+def test_run_title_names_a_partial_run() -> None:
+    from bench.report import run_title
+
+    assert run_title({"quick": True}) == "Quick run (`scripts/bench --quick`)"
+    every = {"systems": ["project", "channels-core", "channels-pubsub", "socketio"]}
+    full = {**every, "scenarios": ["idle", "s1", "big", "storm", "pauses"]}
+    assert run_title(full) == "Full run (`scripts/bench`)"
+    partial = {"quick": True, "systems": ["project"], "scenarios": ["s1", "pauses"]}
+    assert run_title(partial) == (
+        "Quick run (`scripts/bench --quick --systems project --scenarios s1,pauses`)"
+    )
+    assert run_title({"systems": "project"}) == "Full run (`scripts/bench`)"  # malformed: ignored
