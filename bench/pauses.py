@@ -510,7 +510,6 @@ async def _project(
         for phase in PHASES:
             record = await _phase(system, view, phase, joined, senders, rooms, rate, plan)
             records.append({**common, **record})
-            print(_summary(records[-1]), flush=True)
     finally:
         await asyncio.gather(*(m.close() for m in members))
         with contextlib.suppress(Exception):
@@ -822,12 +821,14 @@ async def _peer_reconnect(
     await asyncio.gather(*(one(m) for m in moved))
 
 
-def _summary(record: dict[str, Any]) -> str:
+def summary(record: dict[str, Any]) -> str:
+    """One line for the console."""
     pause = record.get("pause") or record.get("receive_again") or {}
     return (
         f"  {record['system']:<16} pauses {record.get('phase')}: {record.get('affected_rooms')} "
         f"rooms moved, pause median {pause.get('median_ms')} / p99 {pause.get('p99_ms')} / max "
         f"{pause.get('max_ms')} ms, lost {record.get('lost')}, dup {record.get('duplicates')}, "
         f"resumed {record.get('clients_resumed')}/{record.get('clients_on_victim')}, "
-        f"met {record.get('met')}, load {record['loadavg'][0]}"
+        f"met {record.get('met')}, load {(record.get('loadavg') or ['?'])[0]}"
+        + (f", error {record['error']}" if record.get("error") else "")
     )

@@ -86,6 +86,8 @@ def summary_row(records: list[Record], system: str) -> list[str]:
     best_text = (
         f"{_fmt(best['delivered_per_s'])} (p99 {_fmt(best['p99_ms'], 0)} ms)"
         if best
+        else "–"  # S1 not run
+        if not s1
         else (
             "none"
             + (

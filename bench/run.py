@@ -118,6 +118,7 @@ async def run_system(
             # its own time budget (pauses.PausePlan.budget_s), as the profile has; it kills and
             # drains nodes, then leaves the harness two fresh ones in their slots
             for record in await pauses.run(system, s1_rooms, s1_records, pauses.PausePlan()):
+                print(pauses.summary(record), flush=True)
                 results.write({"run": run_id, **record})
         if args.profile and isinstance(system, ProjectSystem):
             # last: the profiled step saturates the node, nothing is measured after it
