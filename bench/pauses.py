@@ -41,7 +41,7 @@ from typing import Any
 
 import websockets
 
-from bench.clients import Client, Tally, make_body
+from bench.clients import BODY_BYTES, Client, Tally, make_body
 from bench.loadgen import LoopLag
 from bench.proc import load_average, own_cpu
 from bench.systems import ProjectSystem, System
@@ -274,7 +274,7 @@ class Member:
         ws = self.ws
         if ws is None:
             return
-        body = make_body(0, self.index, len(self.commands), 0)
+        body = f"~{command.client_id}~".ljust(BODY_BYTES, "x")  # a re-send is the same text
         text = f'{{"type":"send","body":"{body}","client_id":"{command.client_id}"}}'
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send(text)
