@@ -232,7 +232,7 @@ def pause_rows(records: list[Record], systems: list[str]) -> list[list[str]]:
                     else "–",
                     _trio(r.get("pause") or r.get("receive_again")),
                     goal,
-                    {True: "yes", False: "no"}.get(r.get("met"), "–"),
+                    "yes" if r.get("met") is True else "no" if r.get("met") is False else "–",
                     _trio(r.get("pause_unaffected")),
                     every_text,
                     f"{_fmt(r.get('clients_resumed'))}/{_fmt(r.get('clients_on_victim'))}, "

@@ -11,6 +11,8 @@ import pytest
 from bench.pauses import (
     DEFAULT_RATE,
     Command,
+    Member,
+    NodeView,
     Receipts,
     delivery_check,
     first_ack_after,
@@ -249,3 +251,59 @@ def test_run_title_names_a_partial_run() -> None:
         "Quick run (`scripts/bench --quick --systems project --scenarios s1,pauses`)"
     )
     assert run_title({"systems": "project"}) == "Full run (`scripts/bench`)"  # malformed: ignored
+
+
+# -- a member's frame accounting (no socket: frames handed in directly)
+
+
+class _FakeSystem:
+    ports = [1, 2, 3]
+
+    def ws_url(self, node: int, room: str, name: str, after: int | None = None) -> str:
+        return f"ws://n{node}/{room}?name={name}&after={after}"
+
+
+def _member() -> Member:
+    view = NodeView(_FakeSystem())  # type: ignore[arg-type]
+    member = Member(7, "r", view, slot=0)
+    member.prefix = "F1-"
+    return member
+
+
+def test_member_counts_only_this_phase_and_spots_a_replayed_seq() -> None:
+    member = _member()
+    member._on_frame({"type": "message", "seq": 1, "client_id": "F1-a"})
+    member._on_frame({"type": "message", "seq": 2, "client_id": "old-phase"})
+    member._on_frame({"type": "message", "seq": 3, "client_id": None})
+    member._on_frame({"type": "message", "seq": 1, "client_id": "F1-a"})  # delivered again
+    assert member.counts == Counter({"F1-a": 2})
+    assert member.last_seq == 3
+    assert member.out_of_order == 1
+    member._on_frame({"type": "gap", "first_available": 9})
+    assert member.gaps == 1
+
+
+def test_member_ack_settles_its_command_once_and_flags_a_second_seq() -> None:
+    member = _member()
+    command = Command("r", "F1-x", 1.0)
+    member.commands.append(command)
+    member.pending["F1-x"] = command
+    member._on_frame({"type": "ack", "client_id": "F1-x", "seq": 5})
+    assert command.acked_at is not None and command.seq == 5
+    assert member.pending == {}
+    member._on_frame({"type": "ack", "client_id": "F1-x", "seq": 5})  # a re-send's ack: same seq
+    assert member.conflicting_acks == 0
+    member._on_frame({"type": "ack", "client_id": "F1-x", "seq": 6})  # applied twice
+    assert member.conflicting_acks == 1
+    member._on_frame({"type": "ack", "client_id": "unknown", "seq": 1})
+    assert member.conflicting_acks == 1
+
+
+def test_node_view_sends_a_resume_elsewhere() -> None:
+    view = NodeView(_FakeSystem())  # type: ignore[arg-type]
+    assert view.live == [0, 1, 2]
+    assert {view.next_slot(0, salt) for salt in range(6)} == {1, 2}
+    view.live.remove(1)
+    assert view.next_slot(0, 5) == 2
+    view.live = [0]
+    assert view.next_slot(0, 3) == 0  # nowhere else to go: the same node
