@@ -415,7 +415,8 @@ class PausePlan:
     before_s: float = 3.0  # load before the kill or SIGTERM
     after_extra_s: float = 3.0  # load after the budget (fail-over) or the exit (drain)
     settle_s: float = 16.0  # after the load: every ack, every delivery, every resume (20 s)
-    budget_s: float = 240.0  # the whole scenario on one system
+    phase_s: float = 90.0  # one phase, its settling and the replacement node included
+    budget_s: float = 300.0  # the whole scenario on one system
 
 
 def lease_ttl_ms(system: System) -> int:
@@ -508,10 +509,22 @@ async def _project(
         common = {**base, "sockets": len(members), "connected": len(joined), "nodes": 3}
         common["connect_s"] = round(connect_s, 1)
         for phase in PHASES:
-            record = await _phase(system, view, phase, joined, senders, rooms, rate, plan)
+            try:
+                async with asyncio.timeout(plan.phase_s):
+                    record = await _phase(system, view, phase, joined, senders, rooms, rate, plan)
+            except TimeoutError:
+                records.append(
+                    {**common, "kind": "pause", "phase": phase, "error": "phase timed out"}
+                )
+                break  # the cluster is in an unknown state: no further phase
             records.append({**common, **record})
     finally:
         await asyncio.gather(*(m.close() for m in members))
+        # the harness goes on (the profile uses slot 0): no slot may be left with a dead node
+        for slot in range(len(system.ports)):
+            with contextlib.suppress(Exception):
+                if not system.node_alive(slot):
+                    await asyncio.to_thread(system.replace_node, slot)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(system.retire_node, third)
 

@@ -28,6 +28,8 @@ PROJECT_ENV = {
     "CHAT_RATE_LIMIT_PER_ADDRESS": "1000000/1",
     "CHAT_MAX_SOCKETS_PER_ADDRESS": "100000",
     "CHAT_MAX_SOCKETS_PER_USER": "100000",
+    # the settings' default, set here so that the pauses scenario's budget (TTL + 1 s) is explicit
+    "CHAT_LEASE_TTL_MS": "3000",
 }
 
 
@@ -190,6 +192,10 @@ class ProjectSystem(System):
 
     def kill_node(self, index: int) -> None:
         self.cluster.nodes[index].kill()
+
+    def node_alive(self, index: int) -> bool:
+        process = self.cluster.nodes[index].process
+        return process is not None and process.poll() is None
 
     def drain_node(self, index: int, timeout: float = 30.0) -> int | None:
         """SIGTERM (drain) node ``index`` and wait for its exit; its exit code, None if it
