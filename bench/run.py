@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import pauses, report
 from bench.loadgen import FULL, QUICK, Generator, Plan
 from bench.proc import load_average
 from bench.profiling import PySpyProfile, fold, render
 from bench.systems import ROOT, SYSTEMS, ProjectSystem, make_system, versions
 
 RESULTS = ROOT / "bench" / "results"
-SCENARIOS = ("idle", "s1", "big", "storm")
+SCENARIOS = ("idle", "s1", "big", "storm", "pauses")
 
 
 class Results:
@@ -65,6 +65,7 @@ async def run_system(
         generator = Generator(system, deadline=time.monotonic() + budget)
         await generator.warm_up()
         wants = set(args.scenarios)
+        s1_records: list[dict[str, Any]] = []
         if wants & {"idle", "s1"}:
             # The S1 members are the first idle sockets measured: one connect phase, not two.
             await asyncio.sleep(1.0)
@@ -92,6 +93,7 @@ async def run_system(
                 for record in await generator.ramp(
                     "s1", s1_clients, s1_rooms, 2, plan.s1_rates, plan
                 ):
+                    s1_records.append(record)
                     results.write({"run": run_id, **record})
             await generator.close(s1_clients)
         if "storm" in wants and generator.time_left() > 20:
@@ -112,6 +114,12 @@ async def run_system(
             ):
                 results.write({"run": run_id, **record})
             await generator.close(big_clients)
+        if "pauses" in wants:
+            # its own time budget (pauses.PausePlan.budget_s), as the profile has; it kills and
+            # drains nodes, then leaves the harness two fresh ones in their slots
+            for record in await pauses.run(system, s1_rooms, s1_records, pauses.PausePlan()):
+                print(pauses.summary(record), flush=True)
+                results.write({"run": run_id, **record})
         if args.profile and isinstance(system, ProjectSystem):
             # last: the profiled step saturates the node, nothing is measured after it
             generator.deadline = max(generator.deadline, time.monotonic() + 120)

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from cluster.embedded import EmbeddedRedis, free_port
 
@@ -27,6 +28,8 @@ PROJECT_ENV = {
     "CHAT_RATE_LIMIT_PER_ADDRESS": "1000000/1",
     "CHAT_MAX_SOCKETS_PER_ADDRESS": "100000",
     "CHAT_MAX_SOCKETS_PER_USER": "100000",
+    # the settings' default, set here so that the pauses scenario's budget (TTL + 1 s) is explicit
+    "CHAT_LEASE_TTL_MS": "3000",
 }
 
 
@@ -123,6 +126,14 @@ class System:
         if self.redis is not None:
             self.redis.stop()
 
+    def kill_node(self, index: int) -> None:
+        """SIGKILL server ``index`` by its pid and reap it (the pauses scenario's crash)."""
+        process = self.servers[index].process
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+
     def versions(self) -> dict[str, str]:
         return {}
 
@@ -162,6 +173,61 @@ class ProjectSystem(System):
     def ws_url(self, node: int, room: str, name: str, after: int | None = None) -> str:
         query = f"name={name}" + (f"&after={after}" if after is not None else "")
         return f"ws://127.0.0.1:{self.ports[node]}/ws/rooms/{room}/?{query}"
+
+    # -- one node at a time (the pauses scenario). Slot ``i`` is ``cluster.nodes[i]`` and
+    # ``ports[i]``; a node replaced or retired moves behind the slots, so ``stop`` still ends it.
+
+    def node_name(self, index: int) -> str:
+        return self.cluster.nodes[index].name
+
+    def add_node(self, timeout: float = 60.0) -> int:
+        """Start one more runnode on the same Redis; returns its slot."""
+        node = self._new_node()
+        slot = len(self.ports)
+        self.cluster.nodes.remove(node)
+        self.cluster.nodes.insert(slot, node)
+        self.ports.append(node.port)
+        node.wait_ready(timeout)
+        return slot
+
+    def kill_node(self, index: int) -> None:
+        self.cluster.nodes[index].kill()
+
+    def node_alive(self, index: int) -> bool:
+        process = self.cluster.nodes[index].process
+        return process is not None and process.poll() is None
+
+    def drain_node(self, index: int, timeout: float = 30.0) -> int | None:
+        """SIGTERM (drain) node ``index`` and wait for its exit; its exit code, None if it
+        outlived ``timeout`` (then it is SIGKILLed)."""
+        node = self.cluster.nodes[index]
+        try:
+            return node.terminate(timeout)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            return None
+
+    def replace_node(self, index: int, timeout: float = 60.0) -> None:
+        """A fresh node (new name and port, as a restarted pod would be) in slot ``index``."""
+        node = self._new_node()
+        old = self.cluster.nodes[index]
+        self.cluster.nodes.remove(node)
+        self.cluster.nodes[index] = node
+        self.cluster.nodes.append(old)
+        self.ports[index] = node.port
+        node.wait_ready(timeout)
+
+    def retire_node(self, index: int) -> None:
+        """Drain the node in the last slot and drop the slot."""
+        assert index == len(self.ports) - 1, "only the last slot can be retired"
+        self.drain_node(index)
+        self.ports.pop()
+        self.cluster.nodes.append(self.cluster.nodes.pop(index))
+
+    def _new_node(self) -> Any:
+        taken = {node.name for node in self.cluster.nodes}
+        name = next(f"n{i}" for i in range(1, 1000) if f"n{i}" not in taken)
+        return self.cluster.add(name, wait=False)
 
     def stop(self) -> None:
         cluster = getattr(self, "cluster", None)
