@@ -98,3 +98,71 @@ class NameKey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "key"], name="namekey_user_key")]
+
+
+class Message(models.Model):
+    """One ``message`` event of a room's log, archived (rooms.archive): the database keeps what
+    Redis trims or loses. Edits and deletes of it are folded into the row, with the seqs of the
+    events that made them, so a read of the archive can replay them in order."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    message_id = models.CharField(max_length=20)  # ``m<seq>``, as the log names it
+    author = models.CharField(max_length=80, blank=True)  # the principal (u:/g:/c:/n:)
+    author_name = models.CharField(max_length=150)  # the display name frames showed
+    guest = models.BooleanField(default=False)
+    client_id = models.CharField(max_length=100, blank=True)
+    body = models.TextField(blank=True)
+    created = models.DateTimeField(db_index=True)  # the event's ``ts``
+    edited = models.DateTimeField(null=True, blank=True)
+    edited_seq = models.BigIntegerField(null=True, blank=True)  # the newest edit's seq
+    edited_by_moderator = models.BooleanField(default=False)
+    deleted = models.DateTimeField(null=True, blank=True)
+    deleted_seq = models.BigIntegerField(null=True, blank=True)
+    deleted_by_moderator = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq")]
+        indexes = [
+            models.Index(fields=["room", "-seq"], name="message_room_seq_desc"),
+            # Edits and deletes of older messages, replayed in a read of a seq range.
+            models.Index(fields=["room", "edited_seq"], name="message_room_edited_seq"),
+            models.Index(fields=["room", "deleted_seq"], name="message_room_deleted_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} in {self.room_id} by {self.author_name}"
+
+
+class ArchiveCursor(models.Model):
+    """How far a room's log is archived: every event with seq <= ``upto`` has been applied
+    (messages, edits, deletes), so an archiver resumes above it after any crash. Only ever
+    raised, in the same transaction as the rows it covers."""
+
+    room = models.OneToOneField(
+        Room, on_delete=models.CASCADE, primary_key=True, related_name="archive_cursor"
+    )
+    upto = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.room_id} archived up to {self.upto}"
+
+
+class ArchiveGap(models.Model):
+    """Seqs the archiver found gone from the log before it archived them (trimmed while it was
+    behind, or lost by Redis): reads of the archive report them as ``gap``, never as nothing."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="archive_gaps")
+    first = models.BigIntegerField()
+    last = models.BigIntegerField()
+
+    class Meta:
+        ordering = ["room", "first"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "first"], name="archivegap_room_first")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id}: seqs {self.first}-{self.last} not archived"
