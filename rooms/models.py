@@ -102,8 +102,8 @@ class NameKey(models.Model):
 
 class Message(models.Model):
     """One ``message`` event of a room's log, archived (rooms.archive): the database keeps what
-    Redis trims or loses. Edits and deletes of it are folded into the row, with the seqs of the
-    events that made them, so a read of the archive can replay them in order."""
+    Redis trims or loses. ``body``, ``edited`` and ``deleted`` are its state now; the edit and
+    delete events that changed it are its ``changes`` (a read of the archive replays them)."""
 
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
     seq = models.BigIntegerField()
@@ -115,24 +115,42 @@ class Message(models.Model):
     body = models.TextField(blank=True)
     created = models.DateTimeField(db_index=True)  # the event's ``ts``
     edited = models.DateTimeField(null=True, blank=True)
-    edited_seq = models.BigIntegerField(null=True, blank=True)  # the newest edit's seq
-    edited_by_moderator = models.BooleanField(default=False)
     deleted = models.DateTimeField(null=True, blank=True)
-    deleted_seq = models.BigIntegerField(null=True, blank=True)
-    deleted_by_moderator = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["room", "seq"]
         constraints = [models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq")]
-        indexes = [
-            models.Index(fields=["room", "-seq"], name="message_room_seq_desc"),
-            # Edits and deletes of older messages, replayed in a read of a seq range.
-            models.Index(fields=["room", "edited_seq"], name="message_room_edited_seq"),
-            models.Index(fields=["room", "deleted_seq"], name="message_room_deleted_seq"),
+        indexes = [models.Index(fields=["room", "-seq"], name="message_room_seq_desc")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} in room {self.room_id} by {self.author_name}"
+
+
+class MessageChange(models.Model):
+    """An ``edit`` or ``delete`` event of the log, archived as it was (its own seq, the body
+    an edit set then), so that a read of the archive gives back exactly the log's events."""
+
+    KINDS = [("edit", "edit"), ("delete", "delete")]
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="message_changes")
+    seq = models.BigIntegerField()
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="changes")
+    kind = models.CharField(max_length=10, choices=KINDS)
+    author = models.CharField(max_length=80, blank=True)  # who changed it (a principal)
+    author_name = models.CharField(max_length=150)
+    guest = models.BooleanField(default=False)
+    moderator = models.BooleanField(default=False)  # a moderator changed someone else's
+    body = models.TextField(blank=True)  # an edit's new body
+    created = models.DateTimeField()
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="messagechange_room_seq")
         ]
 
     def __str__(self) -> str:
-        return f"{self.message_id} in {self.room_id} by {self.author_name}"
+        return f"{self.kind} at seq {self.seq} in room {self.room_id}"
 
 
 class ArchiveCursor(models.Model):
