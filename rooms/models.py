@@ -115,6 +115,9 @@ class Message(models.Model):
     body = models.TextField(blank=True)
     created = models.DateTimeField(db_index=True)  # the event's ``ts``
     edited = models.DateTimeField(null=True, blank=True)
+    # The seq of the edit that set ``body``: an edit applies only over an older one, so two
+    # archivers (or a re-run) that apply edits out of order still leave the newest text.
+    edited_seq = models.BigIntegerField(null=True, blank=True)
     deleted = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -166,21 +169,3 @@ class ArchiveCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id} archived up to {self.upto}"
-
-
-class ArchiveGap(models.Model):
-    """Seqs the archiver found gone from the log before it archived them (trimmed while it was
-    behind, or lost by Redis): reads of the archive report them as ``gap``, never as nothing."""
-
-    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="archive_gaps")
-    first = models.BigIntegerField()
-    last = models.BigIntegerField()
-
-    class Meta:
-        ordering = ["room", "first"]
-        constraints = [
-            models.UniqueConstraint(fields=["room", "first"], name="archivegap_room_first")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.room_id}: seqs {self.first}-{self.last} not archived"

@@ -32,6 +32,7 @@ class Migration(migrations.Migration):
                 ('body', models.TextField(blank=True)),
                 ('created', models.DateTimeField(db_index=True)),
                 ('edited', models.DateTimeField(blank=True, null=True)),
+                ('edited_seq', models.BigIntegerField(blank=True, null=True)),
                 ('deleted', models.DateTimeField(blank=True, null=True)),
                 ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='messages', to='rooms.room')),
             ],
@@ -56,19 +57,6 @@ class Migration(migrations.Migration):
             ],
             options={
                 'ordering': ['room', 'seq'],
-            },
-        ),
-        migrations.CreateModel(
-            name='ArchiveGap',
-            fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('first', models.BigIntegerField()),
-                ('last', models.BigIntegerField()),
-                ('room', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='archive_gaps', to='rooms.room')),
-            ],
-            options={
-                'ordering': ['room', 'first'],
-                'constraints': [models.UniqueConstraint(fields=('room', 'first'), name='archivegap_room_first')],
             },
         ),
         migrations.AddIndex(
