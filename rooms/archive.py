@@ -1,0 +1,312 @@
+"""The message archive: every room's log copied into the database, write-behind.
+
+Redis keeps each room's newest events (``CHAT_HISTORY_LIMIT``) and is the truth for them; the
+archive keeps everything, so history outlives trimming and a Redis that lost its data.
+
+- **Who archives a room**: the node that owns its lease (it serves the room's writes, so its
+  log is warm and its ``last_seq`` says in memory whether anything is new). A room that leaves
+  the node (hand-off, passivation, a lost lease) gets one last pass there. Two archivers may
+  overlap briefly during a move, or a fenced node may not know yet: harmless, because...
+- **Every write is idempotent**: rows are unique on (room, seq) and inserted with "ignore
+  conflicts"; an edit applies only over an older edit (``edited_seq``), a delete only once; the
+  cursor is only ever raised. Re-running a batch, or two archivers running the same batch in
+  any order, leaves the same rows.
+- **Resumable**: each batch (events, edits and deletes applied, cursor raised) is one
+  transaction; after any crash the next archiver starts above ``ArchiveCursor.upto``, read
+  from the database. Nothing is kept anywhere else.
+- **Lag**: a pass over the node's rooms every half ``CHAT_ARCHIVE_LAG_S``, each room read from
+  its archived seq to its newest in batches of ``BATCH`` events per transaction; an event is
+  archived at most one interval plus one pass's writes after its append. ``Archiver.lag_s``
+  (the newest batch's oldest event's age when it committed) is exported as a metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Min, Q
+
+from cluster.events import Event, seq_of_message_id
+from cluster.history import Archive, ArchivedPage
+from cluster.log import RoomLog
+from cluster.runtime import ClusterRuntime
+from cluster.tasks import run_forever
+
+from .models import ArchiveCursor, Message, MessageChange, Room
+
+logger = logging.getLogger("rooms.archive")
+
+# Events per transaction: large enough that a busy room catches up in few commits, small
+# enough that one transaction stays short (SQLite holds its single write lock through it).
+BATCH = 500
+# Batches one room gets per pass before the next room's turn (the rest comes next pass).
+BATCHES_PER_PASS = 20
+
+
+def _when(event: Event) -> datetime:
+    ts = event.get("ts")
+    seconds = ts / 1000 if isinstance(ts, int | float) and ts > 0 else time.time()
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+# -- writes ---------------------------------------------------------------------------------
+
+
+def store_batch(slug: str, events: list[Event], upto: int) -> int:
+    """Archive ``events`` (a slice of the room's log, oldest first) and raise the room's cursor
+    to ``upto``, in one transaction; returns the cursor afterwards. Idempotent (see above).
+    A room with no row in the database (deleted since) is skipped: returns ``upto``."""
+    room_id = Room.objects.filter(slug=slug).values_list("pk", flat=True).first()
+    if room_id is None:
+        return upto
+    with transaction.atomic():
+        Message.objects.bulk_create(
+            [_message_row(room_id, e) for e in events if e.get("type") == "message"],
+            ignore_conflicts=True,
+        )
+        changes = [e for e in events if e.get("type") in ("edit", "delete")]
+        if changes:
+            _apply_changes(room_id, changes)
+        ArchiveCursor.objects.bulk_create([ArchiveCursor(room_id=room_id)], ignore_conflicts=True)
+        ArchiveCursor.objects.filter(room_id=room_id, upto__lt=upto).update(upto=upto)
+        return int(ArchiveCursor.objects.filter(room_id=room_id).values_list("upto", flat=True)[0])
+
+
+def _message_row(room_id: int, event: Event) -> Message:
+    seq = int(event["seq"])
+    return Message(
+        room_id=room_id,
+        seq=seq,
+        message_id=str(event.get("id") or f"m{seq}")[:20],
+        author=str(event.get("author") or "")[:80],
+        author_name=str(event.get("user") or "")[:150],
+        guest=bool(event.get("guest")),
+        client_id=str(event.get("client_id") or "")[:100],
+        body=str(event.get("body") or ""),
+        created=_when(event),
+    )
+
+
+def _apply_changes(room_id: int, changes: list[Event]) -> None:
+    targets = {seq_of_message_id(str(e.get("id", ""))) for e in changes}
+    found = dict(
+        Message.objects.filter(room_id=room_id, seq__in=[t for t in targets if t]).values_list(
+            "seq", "pk"
+        )
+    )
+    rows = []
+    for event in changes:
+        pk = found.get(seq_of_message_id(str(event.get("id", ""))) or 0)
+        if pk is None:
+            # Its message never reached the archive (trimmed before it was archived, or pruned
+            # by retention): nothing to change. A read shows the seq as a gap.
+            continue
+        rows.append(
+            MessageChange(
+                room_id=room_id,
+                seq=int(event["seq"]),
+                message_id=pk,
+                kind=str(event["type"]),
+                author=str(event.get("author") or "")[:80],
+                author_name=str(event.get("user") or "")[:150],
+                guest=bool(event.get("guest")),
+                moderator=bool(event.get("moderator")),
+                body=str(event.get("body") or "") if event["type"] == "edit" else "",
+                created=_when(event),
+            )
+        )
+        if event["type"] == "edit":
+            # Only over an older edit: archivers that apply edits out of order (a re-run, two
+            # at once) leave the newest text. On PostgreSQL the WHERE is checked again against
+            # a row another transaction just updated.
+            Message.objects.filter(pk=pk).filter(
+                Q(edited_seq__isnull=True) | Q(edited_seq__lt=int(event["seq"]))
+            ).update(
+                body=str(event.get("body") or ""), edited=_when(event), edited_seq=event["seq"]
+            )
+        else:
+            Message.objects.filter(pk=pk, deleted__isnull=True).update(deleted=_when(event))
+    MessageChange.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def archived_upto_sync(slug: str) -> int:
+    found = ArchiveCursor.objects.filter(room__slug=slug).values_list("upto", flat=True).first()
+    return int(found or 0)
+
+
+async def archived_upto(slug: str) -> int:
+    """How far ``slug`` is archived (0: not at all): every event up to it was applied."""
+    found = await ArchiveCursor.objects.filter(room__slug=slug).values_list("upto").afirst()
+    return int(found[0]) if found else 0
+
+
+# -- reads ----------------------------------------------------------------------------------
+
+
+def read_sync(slug: str, after: int, upto: int, limit: int) -> ArchivedPage:
+    """Archived events of ``slug`` with ``after < seq <= upto``, oldest first, at most ``limit``:
+    messages (with their current text) and the edits and deletes that changed them, each at
+    its own seq, as the log had them."""
+    messages = list(
+        Message.objects.filter(room__slug=slug, seq__gt=after, seq__lte=upto).order_by("seq")[
+            :limit
+        ]
+    )
+    changes = list(
+        MessageChange.objects.filter(room__slug=slug, seq__gt=after, seq__lte=upto)
+        .select_related("message")
+        .order_by("seq")[:limit]
+    )
+    found = sorted(
+        [_message_event(slug, m) for m in messages] + [_change_event(slug, c) for c in changes],
+        key=lambda e: int(e["seq"]),
+    )[:limit]
+    first = Message.objects.filter(room__slug=slug).aggregate(first=Min("seq"))["first"]
+    return ArchivedPage(found, int(first or 0), archived_upto_sync(slug))
+
+
+def _message_event(slug: str, m: Message) -> Event:
+    event: Event = {
+        "type": "message",
+        "room": slug,
+        "user": m.author_name,
+        "body": m.body,
+        "ts": _ms(m.created),
+        "client_id": m.client_id or None,
+        "author": m.author or None,
+    }
+    if m.guest:
+        event["guest"] = True
+    event["id"] = m.message_id
+    event["seq"] = m.seq
+    return event
+
+
+def _change_event(slug: str, c: MessageChange) -> Event:
+    event: Event = {"type": c.kind, "room": slug, "id": c.message.message_id}
+    event["user"] = c.author_name
+    if c.kind == "edit":
+        event["body"] = c.body
+    event["ts"] = _ms(c.created)
+    event["author"] = c.author or None
+    if c.guest:
+        event["guest"] = True
+    if c.moderator:
+        event["moderator"] = True
+    event["seq"] = c.seq
+    return event
+
+
+async def read(slug: str, after: int, upto: int, limit: int) -> ArchivedPage:
+    return await sync_to_async(read_sync)(slug, after, upto, limit)
+
+
+def cluster_hooks() -> Archive:
+    """What the cluster runtime gets (cluster.history): reads and the archived high water."""
+    return Archive(read=read, high=archived_upto)
+
+
+# -- the archiver ---------------------------------------------------------------------------
+
+
+class Archiver:
+    """Copies the log of every room this node owns into the database (see the module doc).
+    Runs as a worker of the runtime (``RuntimeHooks.workers``), which cancels it on stop."""
+
+    def __init__(self, *, lag_s: float | None = None, batch: int = BATCH) -> None:
+        self.lag_bound_s = float(lag_s if lag_s is not None else settings.CHAT_ARCHIVE_LAG_S)
+        self.interval_s = max(0.05, self.lag_bound_s / 2)
+        self.batch = batch
+        self._cursors: dict[str, int] = {}  # room -> archived up to, as this node knows it
+        self.archived = 0  # events written (or found written) by this archiver
+        self.batches = 0
+        self.lag_s = 0.0  # age of the oldest event of the newest batch when it committed
+        self.passes = 0
+
+    async def run(self, runtime: ClusterRuntime) -> None:
+        await run_forever(
+            "archiver", lambda: self.archive_owned(runtime), interval_s=self.interval_s
+        )
+
+    async def archive_owned(self, runtime: ClusterRuntime) -> None:
+        """One pass: every room this node serves that has events above its archived seq; then
+        one last pass for each room that left the node since."""
+        owned = {
+            slug: server.last_seq
+            for slug, server in list(runtime.supervisor.servers.items())
+            if server.accepting
+        }
+        for slug, last_seq in owned.items():
+            if self._cursors.get(slug, -1) < last_seq:
+                await self.archive_room(runtime.log, slug)
+        for slug in [s for s in self._cursors if s not in owned]:
+            await self.archive_room(runtime.log, slug)
+            self._cursors.pop(slug, None)
+        self.passes += 1
+
+    async def archive_room(self, log: RoomLog, slug: str) -> int:
+        """Archive ``slug`` from its archived seq (the database's, the first time) up to the
+        log's newest, at most ``BATCHES_PER_PASS`` batches; returns the archived seq."""
+        cursor = self._cursors.get(slug)
+        if cursor is None:
+            cursor = await archived_upto(slug)
+        for _ in range(BATCHES_PER_PASS):
+            page = await log.read(slug, after=cursor, limit=self.batch)
+            if page.upto <= cursor:
+                break
+            if page.first_available > cursor + 1 and page.last_seq:
+                logger.warning(
+                    "room %s: seqs %d-%d left the log before they were archived",
+                    slug, cursor + 1, min(page.first_available - 1, page.upto),
+                )  # fmt: skip
+            oldest = min((int(e.get("ts") or 0) for e in page.events), default=0)
+            cursor = await sync_to_async(store_batch)(slug, page.events, page.upto)
+            self.archived += len(page.events)
+            self.batches += 1
+            if oldest:
+                self.lag_s = max(0.0, time.time() - oldest / 1000)
+            if len(page.events) < self.batch:
+                break
+        self._cursors[slug] = cursor
+        return cursor
+
+
+async def archive_worker(runtime: ClusterRuntime) -> None:
+    """The runtime's worker (``RuntimeHooks.workers``): this node's archiver until it stops."""
+    archiver = Archiver()
+    runtime_archivers[runtime.node] = archiver
+    try:
+        await archiver.run(runtime)
+    finally:
+        runtime_archivers.pop(runtime.node, None)
+
+
+# The archiver of each runtime in this process, by node name: for metrics and tests.
+runtime_archivers: dict[str, Archiver] = {}
+
+
+def prune(days: int, *, now: datetime | None = None, chunk: int = 5000) -> int:
+    """Delete archived messages (and their edits and deletes) created more than ``days`` days
+    ago, ``chunk`` rows per transaction; returns how many messages went."""
+    cutoff = (now or datetime.now(tz=UTC)).timestamp() - days * 86400
+    before = datetime.fromtimestamp(cutoff, tz=UTC)
+    removed = 0
+    # Bounded: what is old now, a chunk at a time (rows archived meanwhile are newer).
+    rounds = Message.objects.filter(created__lt=before).count() // chunk + 1
+    for _ in range(rounds):
+        ids = list(Message.objects.filter(created__lt=before).values_list("pk", flat=True)[:chunk])
+        if not ids:
+            break
+        with transaction.atomic():
+            MessageChange.objects.filter(message_id__in=ids).delete()
+            removed += Message.objects.filter(pk__in=ids).delete()[1].get("rooms.Message", 0)
+    return removed
