@@ -31,6 +31,9 @@ class ArchivedPage:
 # (slug, after, upto, limit) -> archived events with after < seq <= upto, at most limit.
 ReadArchive = Callable[[str, int, int, int], Awaitable[ArchivedPage]]
 ArchivedHigh = Callable[[str], Awaitable[int]]  # slug -> the highest seq archived (0: none)
+# (slug, message id) -> the archived ``message`` event that created it (None: not archived),
+# and whether it was deleted since: what ``RoomLog.message`` answers for a message it keeps.
+FindMessage = Callable[[str, str], Awaitable[tuple[events.Event | None, bool]]]
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Archive:
 
     read: ReadArchive
     high: ArchivedHigh
+    # Edits and deletes of messages older than the log keeps are checked against it.
+    message: FindMessage | None = None
 
 
 def needs_archive(page: LogRange, after: int) -> bool:

@@ -480,6 +480,10 @@ class RoomServer:
         # Older than the window: the log answers in O(1) calls (the original event, and
         # whether a delete of it was ever appended), not by reading everything since.
         original, deleted = await self._log.message(self.slug, message_id)
+        if original is None and self._archive is not None and self._archive.message is not None:
+            # Trimmed from the log: the archive knows it (and whether it was deleted since),
+            # so old messages stay editable and deletable by their authors and moderators.
+            original, deleted = await self._archive.message(self.slug, message_id)
         if original is None:
             return None
         return {

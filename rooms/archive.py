@@ -210,9 +210,22 @@ async def read(slug: str, after: int, upto: int, limit: int) -> ArchivedPage:
     return await sync_to_async(read_sync)(slug, after, upto, limit)
 
 
+async def find_message(slug: str, message_id: str) -> tuple[Event | None, bool]:
+    """The archived ``message`` event of ``message_id`` (None: not archived) and whether it was
+    deleted: for edits and deletes of messages the log no longer keeps."""
+    seq = seq_of_message_id(message_id)
+    if seq is None:
+        return None, False
+    found = await Message.objects.filter(room__slug=slug, seq=seq).afirst()
+    if found is None or found.message_id != message_id:
+        return None, False
+    return _message_event(slug, found), found.deleted is not None
+
+
 def cluster_hooks() -> Archive:
-    """What the cluster runtime gets (cluster.history): reads and the archived high water."""
-    return Archive(read=read, high=archived_upto)
+    """What the cluster runtime gets (cluster.history): reads, the archived high water, and
+    the archived messages that edits and deletes check."""
+    return Archive(read=read, high=archived_upto, message=find_message)
 
 
 # -- the archiver ---------------------------------------------------------------------------

@@ -399,3 +399,25 @@ def test_malformed_archive_settings_fail_with_their_name(tmp_path: Any) -> None:
 def test_hooks_are_what_the_runtime_gets() -> None:
     hooks = archive.cluster_hooks()
     assert hooks.read is archive.read and hooks.high is archive.archived_upto
+    assert hooks.message is archive.find_message
+
+
+async def test_messages_older_than_the_log_stay_editable_through_the_archive(
+    small: ClusterRuntime,
+) -> None:
+    await room()
+    archiver = Archiver()
+    for start in range(0, 300, 50):  # beyond the log (~100-200) and the state window (200)
+        await send(small, 50, start=start)
+        await archiver.archive_room(small.log, "lobby")
+    assert (await small.log.read("lobby", after=0, limit=1)).first_available > 3
+    edit_seq = await change(small, "edit", "m1", "edited long after")
+    await change(small, "delete", "m2")
+    await archiver.archive_room(small.log, "lobby")
+    assert (await rows())[:2] == [(1, "edited long after", False), (2, "body 1", True)]
+    assert (await Message.objects.aget(room__slug="lobby", seq=1)).edited_seq == edit_seq
+    # A deleted one is refused like one the log keeps; an unknown one is not found.
+    with pytest.raises(Exception, match="deleted"):
+        await change(small, "edit", "m2", "again")
+    with pytest.raises(Exception, match="no message"):
+        await change(small, "edit", "m99999", "nope")
