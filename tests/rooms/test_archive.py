@@ -205,6 +205,10 @@ async def test_the_runtime_worker_archives_owned_rooms_within_the_bound(
             while await archived_upto("lobby") < 12 or await archived_upto("side") < 3:
                 await asyncio.sleep(0.05)
         assert archiver.lag_s < 5
+        from rooms import metrics
+
+        scraped, _ = metrics.render(small)  # the runtime's own archiver (an hour apart here)
+        assert b"chat_archive_lag_seconds" in scraped and b"chat_archived_events" in scraped
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
