@@ -14,14 +14,16 @@ archive keeps everything, so history outlives trimming and a Redis that lost its
 - **Resumable**: each batch (events, edits and deletes applied, cursor raised) is one
   transaction; after any crash the next archiver starts above ``ArchiveCursor.upto``, read
   from the database. Nothing is kept anywhere else.
-- **Lag**: a pass over the node's rooms every half ``CHAT_ARCHIVE_LAG_S``, each room read from
-  its archived seq to its newest in batches of ``BATCH`` events per transaction; an event is
-  archived at most one interval plus one pass's writes after its append. ``Archiver.lag_s``
+- **Lag**: a pass over the node's rooms starts every half ``CHAT_ARCHIVE_LAG_S``; it reads each
+  room from its archived seq to its newest and writes up to ``BATCH`` events (of any rooms) per
+  transaction. An event is archived at most one interval plus one pass after its append: within
+  the bound while a pass takes less than half of it (a longer pass is logged). ``Archiver.lag_s``
   (the newest batch's oldest event's age when it committed) is exported as a metric.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -35,7 +37,6 @@ from cluster.events import Event, seq_of_message_id
 from cluster.history import Archive, ArchivedPage
 from cluster.log import RoomLog
 from cluster.runtime import ClusterRuntime
-from cluster.tasks import run_forever
 
 from .models import ArchiveCursor, Message, MessageChange, Room
 
@@ -46,6 +47,7 @@ logger = logging.getLogger("rooms.archive")
 BATCH = 500
 # Batches one room gets per pass before the next room's turn (the rest comes next pass).
 BATCHES_PER_PASS = 20
+MAX_BACKOFF_S = 5.0  # between failed passes (the database or Redis down)
 
 
 def _when(event: Event) -> datetime:
@@ -61,24 +63,45 @@ def _ms(when: datetime) -> int:
 # -- writes ---------------------------------------------------------------------------------
 
 
-def store_batch(slug: str, events: list[Event], upto: int) -> int:
-    """Archive ``events`` (a slice of the room's log, oldest first) and raise the room's cursor
-    to ``upto``, in one transaction; returns the cursor afterwards. Idempotent (see above).
-    A room with no row in the database (deleted since) is skipped: returns ``upto``."""
-    room_id = Room.objects.filter(slug=slug).values_list("pk", flat=True).first()
-    if room_id is None:
-        return upto
+# A slice of one room's log to archive: (room, its events oldest first, the seq it covers).
+Slice = tuple[str, list[Event], int]
+
+
+def store_slices(slices: list[Slice]) -> dict[str, int]:
+    """Archive each slice's events and raise its room's cursor to the slice's ``upto``, all in
+    one transaction; returns each room's cursor afterwards. Idempotent (see above). A room
+    with no row in the database (deleted since) is skipped: its ``upto`` is returned."""
+    slugs = {slug for slug, _, _ in slices}
+    ids = dict(Room.objects.filter(slug__in=slugs).values_list("slug", "pk"))
+    done = {slug: upto for slug, _, upto in slices if slug not in ids}
     with transaction.atomic():
-        Message.objects.bulk_create(
-            [_message_row(room_id, e) for e in events if e.get("type") == "message"],
-            ignore_conflicts=True,
+        messages = [
+            _message_row(ids[slug], e)
+            for slug, events, _ in slices
+            if slug in ids
+            for e in events
+            if e.get("type") == "message"
+        ]
+        Message.objects.bulk_create(messages, ignore_conflicts=True)
+        for slug, events, _ in slices:
+            changes = [e for e in events if e.get("type") in ("edit", "delete")]
+            if changes and slug in ids:
+                _apply_changes(ids[slug], changes)
+        ArchiveCursor.objects.bulk_create(
+            [ArchiveCursor(room_id=pk) for pk in ids.values()], ignore_conflicts=True
         )
-        changes = [e for e in events if e.get("type") in ("edit", "delete")]
-        if changes:
-            _apply_changes(room_id, changes)
-        ArchiveCursor.objects.bulk_create([ArchiveCursor(room_id=room_id)], ignore_conflicts=True)
-        ArchiveCursor.objects.filter(room_id=room_id, upto__lt=upto).update(upto=upto)
-        return int(ArchiveCursor.objects.filter(room_id=room_id).values_list("upto", flat=True)[0])
+        for slug, _, upto in slices:
+            if slug in ids:
+                ArchiveCursor.objects.filter(room_id=ids[slug], upto__lt=upto).update(upto=upto)
+        now = dict(
+            ArchiveCursor.objects.filter(room_id__in=ids.values()).values_list("room__slug", "upto")
+        )
+    return {**done, **{slug: int(upto) for slug, upto in now.items()}}
+
+
+def store_batch(slug: str, events: list[Event], upto: int) -> int:
+    """``store_slices`` for one room: returns its cursor afterwards."""
+    return store_slices([(slug, events, upto)])[slug]
 
 
 def _message_row(room_id: int, event: Event) -> Message:
@@ -246,51 +269,95 @@ class Archiver:
         self.passes = 0
 
     async def run(self, runtime: ClusterRuntime) -> None:
-        await run_forever(
-            "archiver", lambda: self.archive_owned(runtime), interval_s=self.interval_s
-        )
+        """Pass over the owned rooms every ``interval_s``, start to start (a slow pass is
+        followed at once by the next); a failing pass is logged and retried with backoff."""
+        loop = asyncio.get_running_loop()
+        backoff = self.interval_s
+        while True:
+            started = loop.time()
+            try:
+                await self.archive_owned(runtime)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("archive pass failed; retrying in %.2fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(MAX_BACKOFF_S, backoff * 2)
+                continue
+            backoff = self.interval_s
+            took = loop.time() - started
+            if took > self.interval_s:
+                logger.warning(
+                    "archive pass took %.2fs, more than half CHAT_ARCHIVE_LAG_S (%.2fs)",
+                    took, self.lag_bound_s,
+                )  # fmt: skip
+            await asyncio.sleep(max(0.0, self.interval_s - took))
 
     async def archive_owned(self, runtime: ClusterRuntime) -> None:
-        """One pass: every room this node serves that has events above its archived seq; then
-        one last pass for each room that left the node since."""
+        """One pass: every room this node serves that has events above its archived seq, and
+        one last time each room that left the node since."""
         owned = {
             slug: server.last_seq
             for slug, server in list(runtime.supervisor.servers.items())
             if server.accepting
         }
-        for slug, last_seq in owned.items():
-            if self._cursors.get(slug, -1) < last_seq:
-                await self.archive_room(runtime.log, slug)
-        for slug in [s for s in self._cursors if s not in owned]:
-            await self.archive_room(runtime.log, slug)
+        left = [s for s in self._cursors if s not in owned]
+        due = [slug for slug, last in owned.items() if self._cursors.get(slug, -1) < last]
+        await self.archive_rooms(runtime.log, due + left)
+        for slug in left:
             self._cursors.pop(slug, None)
         self.passes += 1
 
     async def archive_room(self, log: RoomLog, slug: str) -> int:
-        """Archive ``slug`` from its archived seq (the database's, the first time) up to the
-        log's newest, at most ``BATCHES_PER_PASS`` batches; returns the archived seq."""
-        cursor = self._cursors.get(slug)
-        if cursor is None:
-            cursor = await archived_upto(slug)
+        """Archive ``slug`` up to the log's newest; returns its archived seq."""
+        return (await self.archive_rooms(log, [slug]))[slug]
+
+    async def archive_rooms(self, log: RoomLog, slugs: list[str]) -> dict[str, int]:
+        """Archive ``slugs`` from their archived seqs (the database's, the first time) up to the
+        log's newest: a page of each room's log at a time, written ``batch`` events per
+        transaction across rooms, at most ``BATCHES_PER_PASS`` pages per room. Returns each
+        room's archived seq."""
+        for slug in slugs:
+            if slug not in self._cursors:
+                self._cursors[slug] = await archived_upto(slug)
+        # Where each room is read from next; ``_cursors`` moves only with what was committed.
+        reading = {slug: self._cursors[slug] for slug in slugs}
+        active = list(slugs)
+        pending: list[Slice] = []
         for _ in range(BATCHES_PER_PASS):
-            page = await log.read(slug, after=cursor, limit=self.batch)
-            if page.upto <= cursor:
+            more = []
+            for slug in active:
+                cursor = reading[slug]
+                page = await log.read(slug, after=cursor, limit=self.batch)
+                if page.upto <= cursor:
+                    continue
+                if page.first_available > cursor + 1 and page.last_seq:
+                    logger.warning(
+                        "room %s: seqs %d-%d left the log before they were archived",
+                        slug, cursor + 1, min(page.first_available - 1, page.upto),
+                    )  # fmt: skip
+                pending.append((slug, page.events, page.upto))
+                reading[slug] = page.upto
+                if len(page.events) >= self.batch:
+                    more.append(slug)
+                if sum(len(events) for _, events, _ in pending) >= self.batch:
+                    await self._write(pending)
+                    pending = []
+            active = more
+            if not active:
                 break
-            if page.first_available > cursor + 1 and page.last_seq:
-                logger.warning(
-                    "room %s: seqs %d-%d left the log before they were archived",
-                    slug, cursor + 1, min(page.first_available - 1, page.upto),
-                )  # fmt: skip
-            oldest = min((int(e.get("ts") or 0) for e in page.events), default=0)
-            cursor = await sync_to_async(store_batch)(slug, page.events, page.upto)
-            self.archived += len(page.events)
-            self.batches += 1
-            if oldest:
-                self.lag_s = max(0.0, time.time() - oldest / 1000)
-            if len(page.events) < self.batch:
-                break
-        self._cursors[slug] = cursor
-        return cursor
+        if pending:
+            await self._write(pending)
+        return {slug: self._cursors[slug] for slug in slugs}
+
+    async def _write(self, slices: list[Slice]) -> None:
+        cursors = await sync_to_async(store_slices)(slices)
+        self._cursors.update(cursors)
+        oldest = min((int(e.get("ts") or 0) for _, events, _ in slices for e in events), default=0)
+        self.archived += sum(len(events) for _, events, _ in slices)
+        self.batches += 1
+        if oldest:
+            self.lag_s = max(0.0, time.time() - oldest / 1000)
 
 
 async def archive_worker(runtime: ClusterRuntime) -> None:
