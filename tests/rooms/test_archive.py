@@ -130,6 +130,18 @@ async def test_two_archivers_at_once_never_duplicate(small: ClusterRuntime) -> N
     assert await ArchiveCursor.objects.filter(room__slug="lobby").acount() == 1
 
 
+async def test_rooms_with_news_share_one_transaction(small: ClusterRuntime) -> None:
+    await room()
+    await room("side")
+    await send(small, 3)
+    await send(small, 4, slug="side")
+    archiver = Archiver(batch=50)
+    assert await archiver.archive_rooms(small.log, ["lobby", "side"]) == {"lobby": 3, "side": 4}
+    assert archiver.batches == 1 and archiver.archived == 7
+    assert await archiver.archive_rooms(small.log, ["lobby", "side"]) == {"lobby": 3, "side": 4}
+    assert archiver.batches == 1  # nothing new: no transaction at all
+
+
 async def test_an_older_edit_applied_late_never_overwrites_a_newer_one(
     small: ClusterRuntime,
 ) -> None:
