@@ -31,7 +31,8 @@ from datetime import UTC, datetime
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Min, Q
+from django.db.models import Min, Q, Value
+from django.db.models.functions import Greatest
 
 from cluster.events import Event, seq_of_message_id
 from cluster.history import Archive, ArchivedPage
@@ -75,6 +76,22 @@ def store_slices(slices: list[Slice]) -> dict[str, int]:
     ids = dict(Room.objects.filter(slug__in=slugs).values_list("slug", "pk"))
     done = {slug: upto for slug, _, upto in slices if slug not in ids}
     with transaction.atomic():
+        # The cursors first, locked (PostgreSQL; SQLite's first write takes its one write
+        # lock): a second archiver of the same rooms waits here, then skips what this one
+        # applied, and a purge or a retention run is never undone by a batch read before it.
+        ArchiveCursor.objects.bulk_create(
+            [ArchiveCursor(room_id=pk) for pk in ids.values()], ignore_conflicts=True
+        )
+        floors = dict(
+            ArchiveCursor.objects.select_for_update()
+            .filter(room_id__in=ids.values())
+            .values_list("room_id", "upto")
+        )
+        slices = [
+            (slug, [e for e in events if int(e["seq"]) > floors.get(ids[slug], 0)], upto)
+            for slug, events, upto in slices
+            if slug in ids
+        ]
         messages = [
             _message_row(ids[slug], e)
             for slug, events, _ in slices
@@ -87,9 +104,6 @@ def store_slices(slices: list[Slice]) -> dict[str, int]:
             changes = [e for e in events if e.get("type") in ("edit", "delete")]
             if changes and slug in ids:
                 _apply_changes(ids[slug], changes)
-        ArchiveCursor.objects.bulk_create(
-            [ArchiveCursor(room_id=pk) for pk in ids.values()], ignore_conflicts=True
-        )
         for slug, _, upto in slices:
             if slug in ids:
                 ArchiveCursor.objects.filter(room_id=ids[slug], upto__lt=upto).update(upto=upto)
@@ -97,6 +111,20 @@ def store_slices(slices: list[Slice]) -> dict[str, int]:
             ArchiveCursor.objects.filter(room_id__in=ids.values()).values_list("room__slug", "upto")
         )
     return {**done, **{slug: int(upto) for slug, upto in now.items()}}
+
+
+def purge_room(room_id: int, upto: int) -> int:
+    """Forget the room's archived events up to ``upto`` (its history was purged): the rows go
+    and the cursor rises to ``upto``, so no archiver writes them back. Returns the messages
+    deleted."""
+    with transaction.atomic():
+        ArchiveCursor.objects.bulk_create([ArchiveCursor(room_id=room_id)], ignore_conflicts=True)
+        ArchiveCursor.objects.select_for_update().filter(room_id=room_id).update(
+            upto=Greatest("upto", Value(upto))
+        )
+        MessageChange.objects.filter(room_id=room_id, message__seq__lte=upto).delete()
+        deleted, _ = Message.objects.filter(room_id=room_id, seq__lte=upto).delete()
+    return deleted
 
 
 def store_batch(slug: str, events: list[Event], upto: int) -> int:

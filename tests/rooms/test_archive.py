@@ -142,6 +142,20 @@ async def test_rooms_with_news_share_one_transaction(small: ClusterRuntime) -> N
     assert archiver.batches == 1  # nothing new: no transaction at all
 
 
+async def test_a_purged_history_leaves_the_archive_and_stays_gone(small: ClusterRuntime) -> None:
+    await room()
+    await send(small, 5)
+    stale = (await small.log.read("lobby", after=0)).events  # a batch read before the purge
+    await Archiver().archive_room(small.log, "lobby")
+    r = await services.Room.objects.aget(slug="lobby")
+    assert await sync_to_async(services.room_purge_history)(r) == 5
+    assert await rows() == []
+    await sync_to_async(store_batch)("lobby", stale, 5)  # an archiver late with it
+    assert await rows() == []
+    body = (await AsyncClient().get("/api/rooms/lobby/events?after=0")).json()
+    assert body["events"] == []
+
+
 async def test_an_older_edit_applied_late_never_overwrites_a_newer_one(
     small: ClusterRuntime,
 ) -> None:
