@@ -257,6 +257,28 @@ def _change_event(slug: str, c: MessageChange) -> Event:
     return event
 
 
+SEARCH_WORDS_MAX = 5
+
+
+def search_sync(slug: str, words: list[str], *, before: int | None, limit: int) -> list[Event]:
+    """Archived messages of ``slug`` (not deleted) whose current text holds every one of
+    ``words`` (case-insensitive), newest first, below seq ``before`` if given.
+
+    One portable query (a LIKE per word) on the room's rows, newest first along the
+    (room, -seq) index: it reads the room's messages until ``limit`` match, so its cost grows
+    with how far back the matches are (measured in docs/benchmarks.md)."""
+    found = Message.objects.filter(room__slug=slug, deleted__isnull=True)
+    for word in words[:SEARCH_WORDS_MAX]:
+        found = found.filter(body__icontains=word)
+    if before is not None:
+        found = found.filter(seq__lt=before)
+    return [_message_event(slug, m) for m in found.order_by("-seq")[:limit]]
+
+
+async def search(slug: str, words: list[str], *, before: int | None, limit: int) -> list[Event]:
+    return await sync_to_async(search_sync)(slug, words, before=before, limit=limit)
+
+
 async def read(slug: str, after: int, upto: int, limit: int) -> ArchivedPage:
     return await sync_to_async(read_sync)(slug, after, upto, limit)
 
