@@ -246,6 +246,7 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
     assert '<script type="module" src="/static/chat/chat.js"></script>' in html
     assert "/static/vendor/htmx.min.js" in html
     assert 'id="composer"' in html and 'id="messages"' in html and 'id="online"' in html
+    assert 'id="older"' in html  # scroll-up loads older messages (``before=``); also a button
     assert chat_config(html) == {
         "slug": "lobby",
         "name": "The Lobby",
