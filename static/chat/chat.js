@@ -41,6 +41,9 @@ const el = {
   guestError: $("guest-error"),
   template: $("message-template"),
   older: $("older"),
+  search: $("search"),
+  searchQ: $("search-q"),
+  searchResults: $("search-results"),
 };
 
 const state = {
@@ -713,6 +716,47 @@ if (el.guestForm) {
   });
 }
 
+// -- search ----------------------------------------------------------------------------------
+
+// The room's archived messages holding every word, newest first (the archive lags the live
+// room by a few seconds: the newest messages are found a little later).
+async function search(event) {
+  event.preventDefault();
+  const q = el.searchQ.value.trim();
+  const list = el.searchResults;
+  list.replaceChildren();
+  list.hidden = !q;
+  if (!q) return;
+  const line = (text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    list.append(li);
+  };
+  try {
+    const response = await fetch(`${config.searchUrl}?q=${encodeURIComponent(q)}&limit=50`, {
+      headers: { Accept: "application/json" },
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      line(body.detail || `Search failed (HTTP ${response.status}).`);
+      return;
+    }
+    if (!body.results.length) line("No archived message holds all of these words.");
+    for (const found of body.results) {
+      const li = document.createElement("li");
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      meta.textContent = `${found.user} · ${new Date(found.ts).toLocaleString()}`;
+      const text = document.createElement("span");
+      text.textContent = found.body;
+      li.append(meta, text);
+      list.append(li);
+    }
+  } catch (error) {
+    line("Search is unavailable; try again.");
+  }
+}
+
 // -- start -----------------------------------------------------------------------------------
 
 async function fetchEvents(after, limit) {
@@ -759,6 +803,7 @@ async function start() {
   scrollToBottom();
   showOlder();
   el.older.addEventListener("click", loadOlder);
+  el.search.addEventListener("submit", search);
   el.messages.addEventListener("scroll", () => {
     if (el.messages.scrollTop < OLDER_MARGIN_PX) loadOlder();
   });
