@@ -34,6 +34,9 @@ ArchivedHigh = Callable[[str], Awaitable[int]]  # slug -> the highest seq archiv
 # (slug, message id) -> the archived ``message`` event that created it (None: not archived),
 # and whether it was deleted since: what ``RoomLog.message`` answers for a message it keeps.
 FindMessage = Callable[[str, str], Awaitable[tuple[events.Event | None, bool]]]
+# A ``message`` event -> whose re-sends its client_id deduplicates (None: nobody's): the
+# application's rule, since it decides which principal a command is deduplicated as.
+DedupeUser = Callable[[events.Event], str | None]
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Archive:
     high: ArchivedHigh
     # Edits and deletes of messages older than the log keeps are checked against it.
     message: FindMessage | None = None
+    # Refilled messages get their dedupe keys back by it (None: they do not).
+    dedupe_user: DedupeUser | None = None
 
 
 def needs_archive(page: LogRange, after: int) -> bool:

@@ -266,6 +266,22 @@ class RoomLog:
             written += int(reply[1])
         return written
 
+    async def restore_dedupe(
+        self, slug: str, applied: list[tuple[str, str, int, str, int]], *, now_ms: int
+    ) -> None:
+        """Remember ``(user, client_id, seq, id, ts in ms)`` as applied commands again (Redis
+        lost their dedupe keys with the log), each for what is left of its day: a client
+        re-sending one is acked with its archived seq instead of posting it twice. Never
+        replaces a key."""
+        k = RoomKeys(slug)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user, client_id, seq, message_id, ts_ms in applied:
+                left_s = self._dedupe_ttl_s - max(0, now_ms - ts_ms) // 1000
+                if left_s > 0:
+                    key = k.dedupe(user, client_id)
+                    pipe.set(key, f"{seq} {message_id}", nx=True, ex=left_s)
+            await pipe.execute()
+
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))
 

@@ -203,6 +203,14 @@ class RoomServer:
         written = await self._log.restore(
             self.slug, node=self.lease.node, epoch=self.lease.epoch, restored=page.events
         )
+        if archive.dedupe_user is not None:
+            applied = []
+            for event in page.events:
+                user = archive.dedupe_user(event) if event.get("type") == "message" else None
+                if user and event.get("client_id"):
+                    seq, ts = int(event["seq"]), int(event.get("ts") or 0)
+                    applied.append((user, str(event["client_id"]), seq, str(event["id"]), ts))
+            await self._log.restore_dedupe(self.slug, applied, now_ms=int(time.time() * 1000))
         logger.warning(
             "room %s: Redis held seqs up to %d, the archive up to %d: %d archived events "
             "written back",

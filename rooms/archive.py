@@ -295,10 +295,20 @@ async def find_message(slug: str, message_id: str) -> tuple[Event | None, bool]:
     return _message_event(slug, found), found.deleted is not None
 
 
+def dedupe_user(event: Event) -> str | None:
+    """Whose re-sends the archived ``message`` deduplicates (rooms.identity's ``dedupe_as``):
+    the author's principal, except a ``?name=`` client's (``c:`` connection ids die with the
+    socket), whose re-sends are its name's (``n:<name>``)."""
+    author = str(event.get("author") or "")
+    if not author or author.startswith("c:"):
+        return f"n:{event.get('user', '')}"
+    return author
+
+
 def cluster_hooks() -> Archive:
     """What the cluster runtime gets (cluster.history): reads, the archived high water, and
     the archived messages that edits and deletes check."""
-    return Archive(read=read, high=archived_upto, message=find_message)
+    return Archive(read=read, high=archived_upto, message=find_message, dedupe_user=dedupe_user)
 
 
 # -- the archiver ---------------------------------------------------------------------------

@@ -344,6 +344,9 @@ async def test_after_a_flushall_the_next_owner_refills_from_the_archive(
         await small.submit("lobby", Command("edit", "ann", "e1", body="x", id="m59"))
     found, _ = await all_events(AsyncClient())
     assert [e["seq"] for e in found] == [*range(1, 62), ack.seq]
+    # A re-send of an archived message (its ack lost with Redis) is acked again, not posted.
+    again = await small.submit("lobby", Command("send", "ann", "c7", body="body 7"))
+    assert again.duplicate and again.seq == 8 and again.id == "m8"
 
 
 async def test_the_archive_is_a_witness_of_issued_seqs() -> None:
@@ -424,6 +427,13 @@ def test_malformed_archive_settings_fail_with_their_name(tmp_path: Any) -> None:
         )  # fmt: skip
         assert result.returncode != 0, (name, value)
         assert name in result.stderr, (name, value, result.stderr[-500:])
+
+
+def test_dedupe_user_follows_the_identity_rules() -> None:
+    assert archive.dedupe_user({"author": "u:7", "user": "ann"}) == "u:7"
+    assert archive.dedupe_user({"author": "g:abc", "user": "ann"}) == "g:abc"
+    assert archive.dedupe_user({"author": "c:conn", "user": "ann"}) == "n:ann"
+    assert archive.dedupe_user({"author": None, "user": "ann"}) == "n:ann"
 
 
 def test_hooks_are_what_the_runtime_gets() -> None:
