@@ -7,13 +7,14 @@ archive keeps everything, so history outlives trimming and a Redis that lost its
   log is warm and its ``last_seq`` says in memory whether anything is new). A room that leaves
   the node (hand-off, passivation, a lost lease) gets one last pass there. Two archivers may
   overlap briefly during a move, or a fenced node may not know yet: harmless, because...
-- **Every write is idempotent**: rows are unique on (room, seq) and inserted with "ignore
+- **Every write is idempotent**: a transaction locks its rooms' cursors first and skips the
+  events they already cover; rows are unique on (room, seq) and inserted with "ignore
   conflicts"; an edit applies only over an older edit (``edited_seq``), a delete only once; the
   cursor is only ever raised. Re-running a batch, or two archivers running the same batch in
-  any order, leaves the same rows.
-- **Resumable**: each batch (events, edits and deletes applied, cursor raised) is one
-  transaction; after any crash the next archiver starts above ``ArchiveCursor.upto``, read
-  from the database. Nothing is kept anywhere else.
+  any order, leaves the same rows, and never brings back rows a purge or retention removed.
+- **Resumable**: each transaction (up to ``BATCH`` events of one or more rooms, their edits and
+  deletes applied, their cursors raised) is all or nothing; after any crash the next archiver
+  starts above ``ArchiveCursor.upto``, read from the database. Nothing is kept anywhere else.
 - **Lag**: a pass over the node's rooms starts every half ``CHAT_ARCHIVE_LAG_S``; it reads each
   room from its archived seq to its newest and writes up to ``BATCH`` events (of any rooms) per
   transaction. An event is archived at most one interval plus one pass after its append: within
