@@ -130,6 +130,49 @@ async def test_two_archivers_at_once_never_duplicate(small: ClusterRuntime) -> N
     assert await ArchiveCursor.objects.filter(room__slug="lobby").acount() == 1
 
 
+async def test_two_archivers_in_two_threads_at_once(small: ClusterRuntime) -> None:
+    """Two database connections writing overlapping batches at the same moment (each thread
+    its own connection): the cursor lock makes one wait, and the rows come out the same."""
+    import threading
+
+    from django.db import connection
+
+    if connection.vendor == "sqlite" and connection.is_in_memory_db():
+        # Shared-cache in-memory SQLite (the test database) answers a second writer "table is
+        # locked" at once instead of waiting: a file (a node's) or PostgreSQL waits.
+        pytest.skip("needs a database that waits for its write lock")
+    await room()
+    await send(small, 40)
+    for i in range(1, 41, 3):
+        await change(small, "edit", f"m{i}", f"edit {i}")
+    events = (await small.log.read("lobby", after=0, limit=1000)).events
+    start = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def archiver(size: int) -> None:
+        try:
+            start.wait()
+            for i in range(0, len(events), size):
+                chunk = events[i : i + size]
+                store_batch("lobby", chunk, int(chunk[-1]["seq"]))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=archiver, args=(n,)) for n in (7, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        await asyncio.to_thread(t.join, 30)
+    assert not errors, errors
+    archived = await rows()
+    assert [seq for seq, _, _ in archived] == list(range(1, 41))
+    assert all(body == f"edit {seq}" for seq, body, _ in archived if seq % 3 == 1)
+    assert await change_seqs() == list(range(41, 55))
+    assert await archived_upto("lobby") == 54
+
+
 async def test_rooms_with_news_share_one_transaction(small: ClusterRuntime) -> None:
     await room()
     await room("side")
