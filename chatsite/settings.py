@@ -49,6 +49,9 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_TRUSTED_PROXIES": "comma-separated proxy addresses/networks whose X-Forwarded-For counts",
     "CHAT_ROOM_CREATORS": "who may create rooms: users (default), staff or anyone",
     "CHAT_ROOMS_PER_USER": "rooms one user (or guest session) may create",
+    # history and the archive (issue 11)
+    "CHAT_ARCHIVE_LAG_S": "seconds the database archive may lag the Redis log (bound)",
+    "CHAT_RETENTION_DAYS": "days archived messages are kept (empty: forever); prune_history",
 }
 
 
@@ -76,6 +79,29 @@ def _env_int(name: str, default: int, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}={value} must be at least {minimum}")
     return value
+
+
+def _env_float(name: str, default: float, minimum: float) -> float:
+    raw = _env(name, str(default))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value < float("inf"):  # also refuses nan
+        raise ValueError(f"{name}={value} must be a finite number of at least {minimum}")
+    return value
+
+
+def parse_retention_days(raw: str, name: str = "CHAT_RETENTION_DAYS") -> int | None:
+    """``""`` -> None (keep forever); a whole number of days >= 1; ValueError otherwise."""
+    text = raw.strip()
+    if not text:
+        return None
+    if not (text.isascii() and text.isdigit()) or int(text) < 1 or len(text) > 6:
+        raise ValueError(
+            f"{name}={raw!r} must be a whole number of days from 1 to 999999 (empty: forever)"
+        )
+    return int(text)
 
 
 def _env_list(name: str, default: str) -> list[str]:
@@ -149,6 +175,9 @@ CHAT_ROOM_CREATORS = _env("CHAT_ROOM_CREATORS", "users").strip().lower()
 if CHAT_ROOM_CREATORS not in ("users", "staff", "anyone"):
     raise ValueError(f"CHAT_ROOM_CREATORS={CHAT_ROOM_CREATORS!r}: use users, staff or anyone")
 CHAT_ROOMS_PER_USER = _env_int("CHAT_ROOMS_PER_USER", 20)
+# history and the archive (issue 11): rooms/archive.py
+CHAT_ARCHIVE_LAG_S = _env_float("CHAT_ARCHIVE_LAG_S", 5.0, minimum=0.1)
+CHAT_RETENTION_DAYS = parse_retention_days(_env("CHAT_RETENTION_DAYS", ""))
 
 INSTALLED_APPS = [
     "daphne",

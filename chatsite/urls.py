@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/rooms/", views_api.rooms_list, name="api-rooms"),
     path("api/rooms/<str:slug>/events", views_api.room_events, name="api-room-events"),
     path("api/rooms/<str:slug>/messages", views_api.room_messages, name="api-room-messages"),
+    path("api/rooms/<str:slug>/search", views_api.room_search, name="api-room-search"),
     path("api/cluster/", views_api.cluster, name="api-cluster"),
     path("admin/", admin.site.urls),
     path("", include("rooms.urls_web")),

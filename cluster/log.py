@@ -17,6 +17,8 @@ from .errors import ClusterError, Fenced
 from .keys import RoomKeys
 
 READ_BATCH = 500
+# Events per script call when restoring archived events: each call blocks Redis briefly.
+RESTORE_BATCH = 250
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class RoomLog:
         self._dedupe_ttl_s = dedupe_ttl_s
         self._append = redis.register_script(scripts.APPEND_EVENT)
         self._raise_floor = redis.register_script(scripts.RAISE_SEQ_FLOOR)
+        self._restore = redis.register_script(scripts.RESTORE_EVENTS)
 
     async def append(
         self,
@@ -185,7 +188,7 @@ class RoomLog:
             last_seq = max(last_seq, decoded[-1]["seq"])
         first_available = events.seq_of_stream_id(first[0][0]) if first else last_seq + 1
         upto = decoded[-1]["seq"] if len(decoded) >= limit else max(after, last_seq)
-        return LogRange(decoded, first_available, last_seq, _holes(after, decoded, upto), upto)
+        return LogRange(decoded, first_available, last_seq, holes(after, decoded, upto), upto)
 
     async def read_all(self, slug: str, *, after: int, until: int) -> LogRange:
         """Every kept event with ``after < seq <= until``, in batches, with the holes among them
@@ -198,8 +201,8 @@ class RoomLog:
             collected.extend(wanted)
             if len(wanted) < len(page.events) or len(page.events) < READ_BATCH:
                 upto = max(after, min(until, page.last_seq))
-                holes = _holes(after, collected, upto)
-                return LogRange(collected, page.first_available, page.last_seq, holes, upto)
+                missing = holes(after, collected, upto)
+                return LogRange(collected, page.first_available, page.last_seq, missing, upto)
             cursor = page.events[-1]["seq"]
 
     async def read_one(self, slug: str, seq: int) -> events.Event | None:
@@ -235,11 +238,55 @@ class RoomLog:
         """The seq reservation Redis has seen for the room (0 if it never saw one)."""
         return int(await self._redis.get(RoomKeys(slug).reserved) or 0)
 
+    async def restore(
+        self, slug: str, *, node: str, epoch: int, restored: list[events.Event]
+    ) -> int:
+        """Write ``restored`` (events with their seqs, oldest first: an archive's copy) back
+        into the log, above its last entry only, fenced by the lease; returns how many were
+        written. Raises Fenced. Nothing is published: no client is owed these as news."""
+        k = RoomKeys(slug)
+        written = 0
+        for start in range(0, len(restored), RESTORE_BATCH):
+            args = [node, str(epoch), str(self._history_limit)]
+            for event in restored[start : start + RESTORE_BATCH]:
+                body = {key: value for key, value in event.items() if key != "seq"}
+                target = str(event.get("id", "")) if event.get("type") == "delete" else ""
+                target_seq = events.seq_of_message_id(target) if target else None
+                args += [
+                    str(int(event["seq"])),
+                    events.encode_body(body),
+                    target if target_seq is not None else "",
+                    str(target_seq or ""),
+                ]
+            reply: list[Any] = await self._restore(
+                keys=[k.lease, k.seq, k.log, k.deleted], args=args
+            )
+            if reply[0] == "fenced":
+                raise Fenced(slug, reply[1], reply[2])
+            written += int(reply[1])
+        return written
+
+    async def restore_dedupe(
+        self, slug: str, applied: list[tuple[str, str, int, str, int]], *, now_ms: int
+    ) -> None:
+        """Remember ``(user, client_id, seq, id, ts in ms)`` as applied commands again (Redis
+        lost their dedupe keys with the log), each for what is left of its day: a client
+        re-sending one is acked with its archived seq instead of posting it twice. Never
+        replaces a key."""
+        k = RoomKeys(slug)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user, client_id, seq, message_id, ts_ms in applied:
+                left_s = self._dedupe_ttl_s - max(0, now_ms - ts_ms) // 1000
+                if left_s > 0:
+                    key = k.dedupe(user, client_id)
+                    pipe.set(key, f"{seq} {message_id}", nx=True, ex=left_s)
+            await pipe.execute()
+
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))
 
 
-def _holes(after: int, kept: list[events.Event], upto: int) -> list[tuple[int, int]]:
+def holes(after: int, kept: list[events.Event], upto: int) -> list[tuple[int, int]]:
     """Inclusive seq ranges in ``(after, upto]`` with no event in ``kept`` (sorted by seq)."""
     holes: list[tuple[int, int]] = []
     expected = after + 1

@@ -35,6 +35,7 @@ from .errors import (
     NotOwner,
     RoomUnavailable,
 )
+from .history import REFILL_EVENTS, Archive
 from .log import RoomClosed, RoomLog
 from .ratelimit import SlidingWindowLimiter
 from .registry import Lease
@@ -102,8 +103,10 @@ class RoomServer:
         clock: Clock = time.monotonic,
         ask_all: AskAll | None = None,
         predecessor_last: int | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self._ask_all = ask_all
+        self._archive = archive
         # A planned hand-off's last seq: checked against Redis on the first load only.
         self._predecessor_last = predecessor_last
         self.slug = lease.slug
@@ -177,13 +180,42 @@ class RoomServer:
             load_reservation=load_reservation if self._checkpoint else None,
             ask_all=self._ask_all,
             predecessor_last=self._predecessor_last,
+            load_archived=self._archive.high if self._archive is not None else None,
         )
         self._predecessor_last = None
+        if self._archive is not None and (position.lost or position.archived > position.redis_last):
+            await self._refill(self._archive, position.redis_last)
         self.last_seq = position.last_seq
         self._reservation = Reservation(self.slug, self._checkpoint, reserved=position.reserved)
         self.state = RoomState(self.lease.node, self._config.state_window)
         await self._rebuild_state()
         self._uncertain = False
+
+    async def _refill(self, archive: Archive, redis_last: int) -> None:
+        """Redis lost the room's newest events: put the archive's recent tail back into the log
+        before the first command, so the state window, edits of recent messages and readers
+        find them there (older ones are read through the archive)."""
+        high = await archive.high(self.slug)
+        if high <= redis_last:
+            return
+        after = max(redis_last, high - REFILL_EVENTS)
+        page = await archive.read(self.slug, after, high, REFILL_EVENTS)
+        written = await self._log.restore(
+            self.slug, node=self.lease.node, epoch=self.lease.epoch, restored=page.events
+        )
+        if archive.dedupe_user is not None:
+            applied = []
+            for event in page.events:
+                user = archive.dedupe_user(event) if event.get("type") == "message" else None
+                if user and event.get("client_id"):
+                    seq, ts = int(event["seq"]), int(event.get("ts") or 0)
+                    applied.append((user, str(event["client_id"]), seq, str(event["id"]), ts))
+            await self._log.restore_dedupe(self.slug, applied, now_ms=int(time.time() * 1000))
+        logger.warning(
+            "room %s: Redis held seqs up to %d, the archive up to %d: %d archived events "
+            "written back",
+            self.slug, redis_last, high, written,
+        )  # fmt: skip
 
     async def _rebuild_state(self) -> None:
         stored = await self._store.read(self.slug)
@@ -456,6 +488,10 @@ class RoomServer:
         # Older than the window: the log answers in O(1) calls (the original event, and
         # whether a delete of it was ever appended), not by reading everything since.
         original, deleted = await self._log.message(self.slug, message_id)
+        if original is None and self._archive is not None and self._archive.message is not None:
+            # Trimmed from the log: the archive knows it (and whether it was deleted since),
+            # so old messages stay editable and deletable by their authors and moderators.
+            original, deleted = await self._archive.message(self.slug, message_id)
         if original is None:
             return None
         return {

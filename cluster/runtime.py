@@ -10,7 +10,7 @@ import asyncio
 import enum
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from .config import ClusterConfig
 from .connection import async_redis
 from .errors import Draining, LeaseTaken
 from .fanout import Attachment, Fanout, Listener
+from .history import Archive, read_through
 from .hub import PubSubHub
 from .log import LogRange, RoomLog
 from .membership import Membership
@@ -61,6 +62,9 @@ async def _no_floor(slug: str) -> int:
     return 0
 
 
+Worker = Callable[["ClusterRuntime"], Coroutine[Any, Any, None]]
+
+
 @dataclass
 class RuntimeHooks:
     """What the cluster asks of the application (the database, in ``rooms/``)."""
@@ -69,6 +73,12 @@ class RuntimeHooks:
     seq_floor: Callable[[str], Awaitable[int]] = _no_floor
     # Called now and then with a room's highest seq, to be kept outside Redis.
     checkpoint: Callable[[str, int], Awaitable[None]] | None = None
+    # History kept outside Redis (cluster.history): reads reach into it for what the log no
+    # longer holds, and a room's next owner refills an emptied log from it.
+    archive: Archive | None = None
+    # Long-running work of the application tied to this node's life (the archiver): each is
+    # called with the runtime once it runs, and cancelled (then awaited) when it stops.
+    workers: list[Worker] = field(default_factory=list)
 
 
 @dataclass
@@ -113,6 +123,7 @@ class ClusterRuntime:
             room_is_idle=self._room_is_idle,
             request_claim=self._request_claim,
             ask_all=self.ask_all,
+            archive=self.hooks.archive,
         )
         # The highest seq this node has acked per room: what it tells a room's next owner.
         self.witness = SeqWitness()
@@ -153,6 +164,8 @@ class ClusterRuntime:
         self.fanout.start()
         await self.membership.start()
         await self.supervisor.start()
+        for number, worker in enumerate(self.hooks.workers):
+            self._tasks.spawn(worker(self), f"worker{number}:{getattr(worker, '__name__', '')}")
         self._become(RuntimeState.RUNNING)
         logger.info("node %s joined the cluster (%d live)", self.node, len(self.membership.live))
 
@@ -220,7 +233,9 @@ class ClusterRuntime:
         await self.fanout.detach(slug, listener)
 
     async def events(self, slug: str, *, after: int, limit: int) -> LogRange:
-        return await self.log.read(slug, after=after, limit=limit)
+        """Events above ``after`` (``RoomLog.read``'s contract), from the log and, for what it
+        no longer holds, from the archive (cluster.history)."""
+        return await read_through(self.log, self.hooks.archive, slug, after=after, limit=limit)
 
     async def typing(self, slug: str, user: str) -> None:
         await self.fanout.typing(slug, user)

@@ -150,3 +150,42 @@ local id = redis.call('XADD', KEYS[2], '*', 'snap', ARGV[3], 's', ARGV[4])
 redis.call('XTRIM', KEYS[2], 'MINID', id)
 return 1
 """
+
+# Put archived events back into a room's log (Redis lost it; the database kept them), if still
+# the owner. Only above the log's last entry: stream ids only grow, and what Redis still holds
+# is never rewritten.
+# KEYS: 1 lease hash, 2 seq counter, 3 log stream, 4 deleted-messages zset
+# ARGV: 1 node, 2 epoch, 3 MAXLEN (approximate, >=), then per event, oldest first, four
+#       values: seq, event JSON (no seq), id of the message it deletes ("" = none), its seq
+# returns: {"ok", events written} | {"fenced", owner, epoch}
+# Why one script: the fence check and the writes must be one step, or a fenced node could
+# write old events above what its successor appended since.
+RESTORE_EVENTS = """
+local owner = redis.call('HGET', KEYS[1], 'node')
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if owner ~= ARGV[1] or epoch ~= ARGV[2] then
+  return {'fenced', owner or '', epoch or ''}
+end
+local last = 0
+local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if newest[1] then last = tonumber(string.match(newest[1][1], '^(%d+)')) end
+local written = 0
+local high = 0
+for i = 4, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq > last then
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-0',
+               'e', ARGV[i + 1], 'w', ARGV[1] .. '@' .. ARGV[2])
+    if ARGV[i + 2] ~= '' then
+      redis.call('ZADD', KEYS[4], ARGV[i + 3], ARGV[i + 2])
+    end
+    last = seq
+    high = seq
+    written = written + 1
+  end
+end
+if high > tonumber(redis.call('GET', KEYS[2]) or '0') then
+  redis.call('SET', KEYS[2], high)
+end
+return {'ok', tostring(written)}
+"""

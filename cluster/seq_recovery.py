@@ -11,6 +11,8 @@ Three witnesses of the seqs a room has issued, none complete on its own:
   at most ``R_db``, and the newest reservation was made at seq ``R_db - RESERVE_BLOCK``.
 - Live nodes: the highest seq each has seen for the room (delivered by its fan-out, or acked
   through it). A node that saw seq s proves s was issued.
+- The archive (``cluster.history``, when the application keeps one): the highest seq it
+  archived was issued, like a node's; it survives every node and Redis at once.
 
 ``start_position`` decides, from those numbers only, where the room goes on (pure, tested case
 by case); ``recover_start`` gathers them and raises Redis's counter when seqs were lost, so the
@@ -24,6 +26,7 @@ that all died at the same moment, under the reservation Redis still holds. Every
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +43,7 @@ RESERVE_BLOCK = 100
 ASK_NODES_TIMEOUT_S = 0.5
 
 AskAll = Callable[[str], Awaitable[list[int]]]  # slug -> highest seq each live node knows
+LoadArchived = Callable[[str], Awaitable[int]]  # slug -> the highest seq archived (0: none)
 LoadReservation = Callable[[str], Awaitable[int]]  # slug -> the database's reservation
 RecordReservation = Callable[[str, int], Awaitable[None]]  # (slug, reservation), never lowers
 
@@ -50,6 +54,8 @@ class StartPosition:
     reserved: int  # the reservation in force (the server reserves above it before using more)
     lost: bool  # seqs in (what Redis holds, last_seq] may have been issued and are gone
     reason: str
+    redis_last: int = 0  # the highest seq Redis held when the position was decided
+    archived: int = 0  # the highest seq the archive held then (0: none, or not asked)
 
 
 def start_position(
@@ -60,15 +66,19 @@ def start_position(
     nodes_known: int = 0,
     predecessor_last: int | None = None,
     block: int = RESERVE_BLOCK,
+    archived: int = 0,
 ) -> StartPosition:
-    """Where a room goes on, from what Redis, the database and live nodes know.
+    """Where a room goes on, from what Redis, the database, live nodes and the archive know.
 
     ``redis_last``: the highest seq Redis holds (counter or last log entry); ``redis_reserved``:
     its reservation; ``db_reserved``: the database's (0: none, or no database);
     ``nodes_known``: the highest seq any live node has seen (0: none); ``predecessor_last``: in
     a planned hand-off, the last seq the previous owner issued before it stopped (None: not a
     hand-off). It knows exactly: if Redis holds that seq it holds everything before it too.
+    ``archived``: the highest seq the archive holds (0: none, or no archive).
     """
+    # An archived seq was issued, as surely as one a live node saw: a witness like them.
+    nodes_known = max(nodes_known, archived)
     reserved = max(redis_reserved, db_reserved)
     if predecessor_last is not None:
         if redis_last >= predecessor_last and nodes_known <= redis_last:
@@ -123,6 +133,7 @@ async def recover_start(
     predecessor_last: int | None = None,
     timeout_s: float = ASK_NODES_TIMEOUT_S,
     block: int = RESERVE_BLOCK,
+    load_archived: LoadArchived | None = None,
 ) -> StartPosition:
     """Decide where ``slug`` goes on; call it holding the room's lease, before serving.
 
@@ -137,6 +148,10 @@ async def recover_start(
     known = 0 if predecessor_last is not None else await nodes_known(slug, ask_all, timeout_s)
     redis_last, redis_reserved = await log.seq_state(slug)
     db_reserved = await load_reservation(slug) if load_reservation is not None else 0
+    # Not asked in a hand-off: whatever it archived, the predecessor issued, and its last seq
+    # is known exactly already.
+    asked = load_archived is not None and predecessor_last is None
+    archived = await load_archived(slug) if asked and load_archived is not None else 0
     position = start_position(
         redis_last=redis_last,
         redis_reserved=redis_reserved,
@@ -144,16 +159,17 @@ async def recover_start(
         nodes_known=known,
         predecessor_last=predecessor_last,
         block=block,
+        archived=archived,
     )
     if position.lost:
         logger.warning(
             "room %s: %s (Redis holds seq %d under reservation %d; database reservation %d; "
-            "nodes saw %d): going on above %d",
-            slug, position.reason, redis_last, redis_reserved, db_reserved, known,
+            "nodes saw %d; archived %d): going on above %d",
+            slug, position.reason, redis_last, redis_reserved, db_reserved, known, archived,
             position.last_seq,
         )  # fmt: skip
         await log.raise_seq_floor(slug, position.last_seq)
-    return position
+    return dataclasses.replace(position, redis_last=redis_last, archived=archived)
 
 
 class Reservation:

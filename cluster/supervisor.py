@@ -18,6 +18,7 @@ from typing import Any
 from . import keys
 from .config import ClusterConfig
 from .errors import CommandError, Draining, LeaseTaken
+from .history import Archive
 from .log import RoomLog
 from .membership import Membership
 from .placement import preferred_node
@@ -69,8 +70,10 @@ class Supervisor:
         request_claim: RequestClaim | None = None,
         clock: Clock = time.monotonic,
         ask_all: AskAll | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self.node = config.node_name
+        self._archive = archive
         self._config = config
         self._log = log
         self._store = store
@@ -167,6 +170,7 @@ class Supervisor:
             clock=self._clock,
             ask_all=self._ask_all,
             predecessor_last=handoff.last_seq if handoff is not None else None,
+            archive=self._archive,
         )
         try:
             await server.start()

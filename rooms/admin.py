@@ -9,12 +9,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.views.main import ChangeList
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from . import bots, redis_admin, services
-from .models import BotToken, ModerationLog, Room
+from .models import BotToken, Message, ModerationLog, Room
 
 
 class ArchivedFilter(admin.SimpleListFilter):
@@ -46,7 +48,10 @@ class RoomChangeList(ChangeList):
 
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["slug", "name", "created_at", "created_by", "online", "messages", "archived"]
+    list_display = [
+        "slug", "name", "created_at", "created_by", "online", "messages", "archived",
+        "history",
+    ]  # fmt: skip
     list_filter = [ArchivedFilter, "created_at"]
     search_fields = ["slug", "name", "topic"]
     readonly_fields = ["created_at", "seq_high_water"]
@@ -54,6 +59,11 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[RoomChangeList]:
         return RoomChangeList
+
+    @admin.display(description="archived messages")
+    def history(self, room: Room) -> str:
+        url = reverse("admin:rooms_message_changelist") + f"?room__id__exact={room.pk}"
+        return format_html('<a href="{}">read</a>', url)
 
     @admin.display(description="people online")
     def online(self, room: Room) -> str:
@@ -249,3 +259,72 @@ class BotTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         for bot in queryset:
             bots.revoke(bot)
         self.message_user(request, f"Revoked {queryset.count()} token(s).", messages.SUCCESS)
+
+
+class AuthorFilter(admin.SimpleListFilter):
+    """The most frequent authors among the messages shown (bounded: never every author)."""
+
+    title = "author"
+    parameter_name = "author"
+    SHOWN = 20
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        found = Message.objects.all()
+        room = request.GET.get("room__id__exact")
+        if room and room.isdigit():
+            found = found.filter(room_id=int(room))
+        top = (
+            found.values("author_name")
+            .annotate(n=Count("pk"))
+            .order_by("-n", "author_name")[: self.SHOWN]
+        )
+        return [(row["author_name"], f"{row['author_name']} ({row['n']})") for row in top]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        value = self.value()
+        return queryset.filter(author_name=value) if value else queryset
+
+
+class DeletedFilter(admin.SimpleListFilter):
+    title = "deleted"
+    parameter_name = "deleted"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("no", "Shown"), ("yes", "Deleted")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
+        if self.value() == "yes":
+            return queryset.filter(deleted__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(deleted__isnull=True)
+        return queryset
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The archive of every room (rooms.archive), read only: messages change through their
+    room's owner (the socket's edit and delete), never by writing rows here."""
+
+    list_display = ["created", "room", "message_id", "author_name", "author", "text", "edited",
+                    "deleted"]  # fmt: skip
+    list_filter = [("room", admin.RelatedOnlyFieldListFilter), AuthorFilter, DeletedFilter,
+                   "guest", "created"]  # fmt: skip
+    search_fields = ["body", "author_name", "=author", "=message_id"]
+    date_hierarchy = "created"
+    ordering = ["-created"]
+    list_select_related = ["room"]
+    show_full_result_count = False  # no second COUNT over the whole archive per page
+    list_per_page = 100
+
+    @admin.display(description="message")
+    def text(self, message: Message) -> str:
+        return message.body if len(message.body) <= 120 else message.body[:119] + "…"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -11,6 +11,8 @@ from prometheus_client.registry import Collector
 
 from cluster.runtime import ClusterRuntime
 
+from .archive import runtime_archivers
+
 
 class RuntimeCollector(Collector):
     def __init__(self, runtime: ClusterRuntime | None) -> None:
@@ -42,6 +44,15 @@ class RuntimeCollector(Collector):
             "chat_room_handoffs": ("rooms handed to another node", rt.supervisor.handoffs),
             "chat_pubsub_reconnects": ("pub/sub reconnects", rt.hub.reconnects),
         }
+        archiver = runtime_archivers.get(rt.node)
+        if archiver is not None:
+            lag = GaugeMetricFamily(
+                "chat_archive_lag_seconds", "age of the newest archived batch's oldest event"
+            )
+            lag.add_metric([], archiver.lag_s)
+            yield lag
+            counters["chat_archived_events"] = ("events written to the archive", archiver.archived)
+            counters["chat_archive_batches"] = ("archive transactions", archiver.batches)
         for name, (doc, value) in counters.items():
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(value))

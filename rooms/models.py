@@ -138,3 +138,74 @@ class BotToken(models.Model):
     @property
     def revoked(self) -> bool:
         return self.revoked_at is not None
+
+
+class Message(models.Model):
+    """One ``message`` event of a room's log, archived (rooms.archive): the database keeps what
+    Redis trims or loses. ``body``, ``edited`` and ``deleted`` are its state now; the edit and
+    delete events that changed it are its ``changes`` (a read of the archive replays them)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.BigIntegerField()
+    message_id = models.CharField(max_length=20)  # ``m<seq>``, as the log names it
+    author = models.CharField(max_length=80, blank=True)  # the principal (u:/g:/c:/n:)
+    author_name = models.CharField(max_length=150)  # the display name frames showed
+    guest = models.BooleanField(default=False)
+    client_id = models.CharField(max_length=100, blank=True)
+    body = models.TextField(blank=True)
+    created = models.DateTimeField(db_index=True)  # the event's ``ts``
+    edited = models.DateTimeField(null=True, blank=True)
+    # The seq of the edit that set ``body``: an edit applies only over an older one, so two
+    # archivers (or a re-run) that apply edits out of order still leave the newest text.
+    edited_seq = models.BigIntegerField(null=True, blank=True)
+    deleted = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq")]
+        indexes = [models.Index(fields=["room", "-seq"], name="message_room_seq_desc")]
+
+    def __str__(self) -> str:
+        return f"{self.message_id} in room {self.room_id} by {self.author_name}"
+
+
+class MessageChange(models.Model):
+    """An ``edit`` or ``delete`` event of the log, archived as it was (its own seq, the body
+    an edit set then), so that a read of the archive gives back exactly the log's events."""
+
+    KINDS = [("edit", "edit"), ("delete", "delete")]
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="message_changes")
+    seq = models.BigIntegerField()
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="changes")
+    kind = models.CharField(max_length=10, choices=KINDS)
+    author = models.CharField(max_length=80, blank=True)  # who changed it (a principal)
+    author_name = models.CharField(max_length=150)
+    guest = models.BooleanField(default=False)
+    moderator = models.BooleanField(default=False)  # a moderator changed someone else's
+    body = models.TextField(blank=True)  # an edit's new body
+    created = models.DateTimeField()
+
+    class Meta:
+        ordering = ["room", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="messagechange_room_seq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} at seq {self.seq} in room {self.room_id}"
+
+
+class ArchiveCursor(models.Model):
+    """How far a room's log is archived: every event with seq <= ``upto`` has been applied
+    (messages, edits, deletes), so an archiver resumes above it after any crash. Only ever
+    raised, in the same transaction as the rows it covers."""
+
+    room = models.OneToOneField(
+        Room, on_delete=models.CASCADE, primary_key=True, related_name="archive_cursor"
+    )
+    upto = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.room_id} archived up to {self.upto}"

@@ -11,7 +11,7 @@ from django.conf import settings
 from cluster.config import ClusterConfig
 from cluster.runtime import ClusterRuntime, RuntimeHooks
 
-from . import selectors, services
+from . import archive, selectors, services
 
 _runtime: ClusterRuntime | None = None
 
@@ -33,7 +33,12 @@ def config_from_settings(**overrides: object) -> ClusterConfig:
 
 
 def build_runtime(redis_url: str, **overrides: object) -> ClusterRuntime:
-    hooks = RuntimeHooks(seq_floor=selectors.room_seq_floor, checkpoint=services.room_arecord_seq)
+    hooks = RuntimeHooks(
+        seq_floor=selectors.room_seq_floor,
+        checkpoint=services.room_arecord_seq,
+        archive=archive.cluster_hooks(),
+        workers=[archive.archive_worker],
+    )
     return ClusterRuntime(config_from_settings(**overrides), redis_url, hooks)
 
 

@@ -14,7 +14,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import names, redis_admin
+from . import archive, names, redis_admin
 from .models import ModerationLog, NameKey, Room, RoomTombstone, slug_validator
 
 # Posting a message from outside a socket (a view, a task, a bot): rooms/posting.py.
@@ -130,6 +130,7 @@ def room_purge_history(room: Room, *, by: Any = None) -> int:
     owner is fenced in the same step, so its in-memory window is never written back."""
     high = redis_admin.room_purge(room.slug)
     room_record_seq(room.slug, high)
+    archive.purge_room(room.pk, high)  # or reads would find it there
     moderation_log(by, "purge", room.slug, detail=f"events up to seq {high}")
     return high
 

@@ -18,7 +18,7 @@ from cluster.errors import CommandError
 from cluster.log import LogRange
 from cluster.runtime import ClusterRuntime
 
-from . import bots, metrics, selectors, services
+from . import archive, bots, metrics, selectors, services
 from .identity import client_address
 from .models import SLUG_PATTERN
 from .ops_auth import ops_endpoint
@@ -28,6 +28,8 @@ from .runtime import current_runtime
 logger = logging.getLogger("rooms.views_api")
 
 EVENTS_PAGE_MAX = 1000
+SEARCH_PAGE_MAX = 100
+SEARCH_QUERY_MAX = 200  # characters of ``q``
 _SLUG = re.compile(SLUG_PATTERN.removeprefix("^").removesuffix("$"))
 
 
@@ -143,6 +145,42 @@ async def _page_before(
         low = max(after, page.last_seq - limit)
         page = await runtime.events(slug, after=low, limit=limit)
     return low, page
+
+
+@require_GET
+async def room_search(request: HttpRequest, slug: str) -> JsonResponse:
+    """``?q=words`` (every word, case-insensitive) in the room's archived messages, newest
+    first; ``before=`` a seq pages on (``next_before`` of the last page), ``limit=`` at most
+    ``SEARCH_PAGE_MAX``. What the archive does not hold yet (its lag) is not found."""
+    if not _SLUG.fullmatch(slug):
+        return _error(404, "not_found", f"no room {slug[:60]!r}")
+    room = await selectors.room_aget(slug)
+    if room is None or room.archived:
+        return _error(404, "not_found", f"no room {slug!r}")
+    query = request.GET.get("q", "")
+    words = query.split()
+    if not words or len(query) > SEARCH_QUERY_MAX or "\x00" in query:
+        return _error(
+            400, "bad_request", f"q must hold 1 to {SEARCH_QUERY_MAX} characters of words"
+        )
+    try:
+        raw_before = request.GET.get("before")
+        before = None if raw_before is None else parse_seq("before", raw_before)
+        limit = parse_seq("limit", request.GET.get("limit", "20"))
+        if limit < 1:
+            raise CommandError("bad_request", "limit must be at least 1")
+    except CommandError as exc:
+        return _error(400, exc.code, exc.detail)
+    found = await archive.search(slug, words, before=before, limit=min(limit, SEARCH_PAGE_MAX))
+    full = len(found) == min(limit, SEARCH_PAGE_MAX)
+    return JsonResponse(
+        {
+            "room": slug,
+            "q": query,
+            "results": found,
+            "next_before": found[-1]["seq"] if full else None,
+        }
+    )
 
 
 def _page_params(request: HttpRequest) -> tuple[int, int | None, int]:

@@ -141,6 +141,7 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "guestNameMax": services.GUEST_NAME_MAX,
         "maxBody": settings.CHAT_MAX_BODY,
         "eventsUrl": reverse("api-room-events", args=[found.slug]),
+        "searchUrl": reverse("api-room-search", args=[found.slug]),
         "socketPath": f"/ws/rooms/{found.slug}/",
     }
     context = {

@@ -198,6 +198,10 @@ CHAT_RATE_LIMIT: {{ .Values.chat.rateLimit | quote }}
 CHAT_SEND_TIMEOUT_MS: {{ .Values.chat.sendTimeoutMs | int | quote }}
 CHAT_ROOM_IDLE_S: {{ .Values.chat.roomIdleSeconds | int | quote }}
 CHAT_LOG_LEVEL: {{ .Values.chat.logLevel | upper | quote }}
+CHAT_ARCHIVE_LAG_S: {{ .Values.chat.archiveLagSeconds | toString | quote }}
+{{- with .Values.chat.retentionDays }}
+CHAT_RETENTION_DAYS: {{ . | toString | quote }}
+{{- end }}
 {{- end -}}
 
 {{/*

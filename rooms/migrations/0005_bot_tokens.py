@@ -1,4 +1,3 @@
-# The lead re-points the dependency at "0004_message_archive" when the archive lands.
 
 import django.db.models.deletion
 from django.conf import settings
@@ -7,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("rooms", "0003_name_keys_of_existing_users"),
+        ("rooms", "0004_message_archive"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -9,8 +9,10 @@
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
-const HISTORY_EVENTS = 500; // the page opens on the newest events; older ones stay unloaded
+const HISTORY_EVENTS = 500; // the page opens on the newest events; older ones load on scroll-up
 const PAGE_LIMIT = 250;
+const OLDER_LIMIT = 100; // events per scroll-up page (`before=`)
+const OLDER_MARGIN_PX = 120; // scrolled this close to the top: load the page above
 const TYPING_SEND_MS = 2000; // at most one `typing` frame per this, while typing
 const TYPING_SHOW_MS = 3000; // how long "x is typing…" stays without a new one
 const BACKOFF_BASE_MS = 500;
@@ -38,6 +40,10 @@ const el = {
   guestName: $("guest-name"),
   guestError: $("guest-error"),
   template: $("message-template"),
+  older: $("older"),
+  search: $("search"),
+  searchQ: $("search-q"),
+  searchResults: $("search-results"),
 };
 
 const state = {
@@ -46,6 +52,12 @@ const state = {
   canModerate: Boolean(config.isStaff), // may change anyone's messages (`hello` confirms)
   guestName: null,
   lastSeq: 0,
+  // Seqs up to here are not loaded (older than the page opened on); 0: nothing older.
+  olderThan: 0,
+  loadingOlder: false,
+  // The newest edit or delete seen of a message not loaded yet (id -> event): applied when a
+  // scroll-up brings the message itself.
+  orphanChanges: new Map(),
   messages: new Map(), // message id -> record
   unconfirmed: new Map(), // client_id of an own send not yet seen as a `message` -> record
   pending: new Map(), // client_id -> {frame, record}, oldest first, until acked or refused
@@ -178,12 +190,94 @@ function applyEvent(ev) {
     return;
   }
   const record = state.messages.get(ev.id);
-  if (!record) return; // its message is older than what this page loaded
+  if (!record) {
+    // Its message is older than what this page loaded: kept for when a scroll-up loads it.
+    const known = state.orphanChanges.get(ev.id);
+    if (!known || known.type !== "delete") state.orphanChanges.set(ev.id, ev);
+    return;
+  }
+  applyChange(record, ev);
+  renderMessage(record);
+}
+
+function applyChange(record, ev) {
   // A moderator's change shows as theirs, never as the author's own words.
   const by = ev.moderator ? ev.user : null;
   if (ev.type === "edit") Object.assign(record, { body: ev.body, edited: true, editedBy: by });
   if (ev.type === "delete") Object.assign(record, { deleted: true, deletedBy: by });
-  renderMessage(record);
+}
+
+// -- older messages (scroll-up) -------------------------------------------------------------
+
+function showOlder() {
+  el.older.hidden = state.olderThan <= 0;
+  el.older.disabled = state.loadingOlder;
+}
+
+// The page just above what is loaded (`before=`), put above the first message without moving
+// what the reader looks at. Its edits and deletes of messages it holds apply at once; those of
+// older messages wait in `orphanChanges` like live ones.
+async function loadOlder() {
+  if (state.loadingOlder || state.olderThan <= 0) return;
+  state.loadingOlder = true;
+  showOlder();
+  const before = state.olderThan + 1;
+  const low = Math.max(0, before - 1 - OLDER_LIMIT);
+  try {
+    const response = await fetch(`${config.eventsUrl}?before=${before}&limit=${OLDER_LIMIT}`, {
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok) throw new Error(`history: HTTP ${response.status}`);
+    const page = await response.json();
+    prependEvents(page.events.filter((ev) => ev.seq > low && ev.seq < before));
+    if (page.first_available && page.first_available > low + 1) {
+      notice("Earlier messages are no longer kept.", { sticky: true });
+      state.olderThan = 0;
+    } else {
+      state.olderThan = low;
+    }
+  } catch (error) {
+    notice("Older messages could not be loaded; scroll up to try again.");
+  } finally {
+    state.loadingOlder = false;
+    showOlder();
+  }
+}
+
+function prependEvents(events) {
+  const m = el.messages;
+  const anchor = m.firstElementChild;
+  const fromBottom = m.scrollHeight - m.scrollTop;
+  const changes = [];
+  for (const ev of events) {
+    if (ev.type !== "message") {
+      changes.push(ev);
+      continue;
+    }
+    if (state.messages.has(ev.id)) continue;
+    const record = {
+      id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts,
+      author: ev.author, guest: Boolean(ev.guest),
+    };
+    buildNode(record);
+    state.messages.set(ev.id, record);
+    m.insertBefore(record.node, anchor);
+  }
+  for (const ev of changes) {
+    const record = state.messages.get(ev.id);
+    if (record && !(record.deleted && ev.type === "edit")) applyChange(record, ev);
+  }
+  for (const [id, ev] of state.orphanChanges) {
+    const record = state.messages.get(id);
+    if (!record) continue;
+    applyChange(record, ev);
+    state.orphanChanges.delete(id);
+  }
+  for (const ev of events) {
+    const record = ev.type === "message" ? state.messages.get(ev.id) : null;
+    if (record) renderMessage(record);
+  }
+  m.scrollTop = m.scrollHeight - fromBottom; // the reader's view stays where it was
 }
 
 // -- commands --------------------------------------------------------------------------------
@@ -622,6 +716,47 @@ if (el.guestForm) {
   });
 }
 
+// -- search ----------------------------------------------------------------------------------
+
+// The room's archived messages holding every word, newest first (the archive lags the live
+// room by a few seconds: the newest messages are found a little later).
+async function search(event) {
+  event.preventDefault();
+  const q = el.searchQ.value.trim();
+  const list = el.searchResults;
+  list.replaceChildren();
+  list.hidden = !q;
+  if (!q) return;
+  const line = (text) => {
+    const li = document.createElement("li");
+    li.textContent = text;
+    list.append(li);
+  };
+  try {
+    const response = await fetch(`${config.searchUrl}?q=${encodeURIComponent(q)}&limit=50`, {
+      headers: { Accept: "application/json" },
+    });
+    const body = await response.json();
+    if (!response.ok) {
+      line(body.detail || `Search failed (HTTP ${response.status}).`);
+      return;
+    }
+    if (!body.results.length) line("No archived message holds all of these words.");
+    for (const found of body.results) {
+      const li = document.createElement("li");
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      meta.textContent = `${found.user} · ${new Date(found.ts).toLocaleString()}`;
+      const text = document.createElement("span");
+      text.textContent = found.body;
+      li.append(meta, text);
+      list.append(li);
+    }
+  } catch (error) {
+    line("Search is unavailable; try again.");
+  }
+}
+
 // -- start -----------------------------------------------------------------------------------
 
 async function fetchEvents(after, limit) {
@@ -637,6 +772,7 @@ async function loadHistory() {
   if (state.lastSeq === 0) {
     const head = await fetchEvents(0, 1);
     state.lastSeq = Math.max(0, head.last_seq - HISTORY_EVENTS);
+    state.olderThan = state.lastSeq;
   }
   for (;;) {
     const page = await fetchEvents(state.lastSeq, PAGE_LIMIT);
@@ -665,6 +801,12 @@ async function start() {
     }
   }
   scrollToBottom();
+  showOlder();
+  el.older.addEventListener("click", loadOlder);
+  el.search.addEventListener("submit", search);
+  el.messages.addEventListener("scroll", () => {
+    if (el.messages.scrollTop < OLDER_MARGIN_PX) loadOlder();
+  });
   if (config.user) {
     el.composer.hidden = false;
     renderIdentity();

@@ -246,6 +246,8 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
     assert '<script type="module" src="/static/chat/chat.js"></script>' in html
     assert "/static/vendor/htmx.min.js" in html
     assert 'id="composer"' in html and 'id="messages"' in html and 'id="online"' in html
+    assert 'id="older"' in html  # scroll-up loads older messages (``before=``); also a button
+    assert 'id="search"' in html and 'id="search-results"' in html
     assert chat_config(html) == {
         "slug": "lobby",
         "name": "The Lobby",
@@ -257,6 +259,7 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
         "guestNameMax": services.GUEST_NAME_MAX,
         "maxBody": 4000,
         "eventsUrl": "/api/rooms/lobby/events",
+        "searchUrl": "/api/rooms/lobby/search",
         "socketPath": "/ws/rooms/lobby/",
     }
 
