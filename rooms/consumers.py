@@ -123,9 +123,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
         self.known_seq = 0  # the highest seq this socket has heard of
         self.behind = False  # durable events were skipped: the send loop reads them from the log
-        self.presence: set[str] = set()
-        self.early_presence: list[Frame] = []  # presence frames that came before the snapshot
-        self.presence_stale = False  # a presence_diff was dropped: send a fresh presence_state
+        # A presence_diff was dropped: send a fresh presence_state, from the node's view of the
+        # room (a socket keeps no presence of its own: 500 members × 500 sockets adds up).
+        self.presence_stale = False
         self.last_typing = 0.0
         self.page_events = PAGE_EVENTS
         budget = SendBudget.for_scope(self.scope, settings.CHAT_SOCKET_BUFFER_BYTES)
@@ -144,7 +144,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             identity = await identify(self.scope, self.slug, query.get("name", [None])[0])
             if identity.is_guest:
-                online = (await runtime.online([self.slug])).get(self.slug, [])
+                # The node's own view when it has sockets in the room: no round trip per
+                # socket, and no reading of the whole presence hash per socket (a storm of N
+                # would read N²). Else the cluster's, from Redis.
+                online = runtime.present(self.slug)
+                if online is None:
+                    online = (await runtime.online([self.slug])).get(self.slug, [])
                 await claim_guest_name(runtime.redis, self.slug, identity, online)
         except IdentityRefused as refused:
             frame = error_frame("forbidden", str(refused))
@@ -169,10 +174,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.attached = True
         # From here on a failure still detaches: connect's handlers call _release.
         last_seq = attachment.last_seq
-        self.presence = set(attachment.users)
-        for early in self.early_presence:  # delivered while attaching: in order, on top
-            self._apply_presence(early)
-        self.early_presence = []
+        # Diffs delivered from here on wait in the outbox: they go after the presence_state.
         await self._greet(last_seq, attachment.users)
         if after is None:
             self.sent_seq = last_seq
@@ -245,21 +247,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.behind = True  # the send loop reads it from the log, even if nothing follows
             self.known_seq = seq
         elif kind in ("presence_diff", "presence_state"):
-            self._apply_presence(frame)
-            if self.phase == "admitting":
-                self.early_presence.append(frame)
+            if kind == "presence_diff" and self.user in frame["joins"]:
+                # A socket's own user is in its presence_state and stays while it is here: a
+                # join of it is news only to the others (a diff coalesced with its arrival).
+                joins = [u for u in frame["joins"] if u != self.user]
+                if not joins and not frame["leaves"]:
+                    return
+                frame = {**frame, "joins": joins}
             if self.presence_stale or not self.outbox.offer(frame):
-                self.presence_stale = True  # replaced by a presence_state from self.presence
+                self.presence_stale = True  # replaced by a fresh presence_state
         elif not self.outbox.offer(frame):
             return  # typing: ephemeral, dropped when the socket is behind
         self.wake.set()
-
-    def _apply_presence(self, frame: Frame) -> None:
-        if frame.get("type") == "presence_state":
-            self.presence = set(frame.get("users", ()))
-        else:
-            self.presence.difference_update(frame.get("leaves", ()))
-            self.presence.update(frame.get("joins", ()))
 
     def request_close(self, code: int) -> None:
         """Close the socket with ``code`` soon (the fan-out's drain asks for 1012)."""
@@ -339,8 +338,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         return not self.closing
 
     async def _send_presence_state(self) -> None:
+        # Taken in the same step as the flag is cleared: every diff dropped before is in it,
+        # and the node's diffs after it are offered again (see ``Presence.users``).
         self.presence_stale = False
-        frame = {"type": "presence_state", "users": sorted(self.presence)}
+        users = self.runtime.present(self.slug) if self.runtime is not None else None
+        frame = {"type": "presence_state", "users": users or []}
         await self._send_text(*encode(frame))
 
     async def _fill(self, *, until: int) -> None:

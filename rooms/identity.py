@@ -16,6 +16,7 @@ Display names are refused when they hold invisible or control characters, or are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -117,9 +118,9 @@ async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: li
     from .redis_admin import names_key
 
     key = names_key(slug)
-    mine = names.keys(identity.name)
+    mine = _keys(identity.name)
     for other in online:
-        if not (names.keys(other) & mine):
+        if not (_keys(other) & mine):
             continue
         if other != identity.name:
             raise IdentityRefused(f"that name is too close to {other!r}, who is in the room")
@@ -130,6 +131,11 @@ async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: li
         pipe.hset(key, identity.name, identity.name_holder)
         pipe.expire(key, NAMES_TTL_S)
         await pipe.execute()
+
+
+# The keys of the names in a room, computed once per name, not once per name per joining
+# socket: a storm into a room of N compared every joiner with every member (N² skeletons).
+_keys = functools.lru_cache(maxsize=8192)(names.keys)
 
 
 @sync_to_async

@@ -31,6 +31,13 @@ def node(name: str, url: str) -> ClusterRuntime:
     return ClusterRuntime(ClusterConfig(name, lease_ttl_ms=900), url)
 
 
+async def written(*runtimes: ClusterRuntime) -> None:
+    """Attach and detach do not wait for Redis (a writer batches the counts): wait for it."""
+    for rt in runtimes:
+        async with asyncio.timeout(5):
+            await rt.fanout.presence.flush_writes()
+
+
 async def test_restart_under_the_same_name_leaves_no_ghosts(redis_url: str) -> None:
     a, b = node("a", redis_url), node("b", redis_url)
     await a.start()
@@ -64,10 +71,13 @@ async def test_one_user_many_tabs_counts_once(redis_url: str) -> None:
         tabs = [Tab("ann"), Tab("ann")]
         await a.attach("room", tabs[0])
         await b.attach("room", tabs[1])
+        await written(a, b)
         assert (await a.online(["room"]))["room"] == ["ann"]
         await a.detach("room", tabs[0])
+        await written(a)
         assert (await a.online(["room"]))["room"] == ["ann"]
         await b.detach("room", tabs[1])
+        await written(b)
         assert (await a.online(["room"]))["room"] == []
     finally:
         await a.stop()
@@ -214,10 +224,12 @@ async def test_counts_are_absolute_never_negative(
         await attach(a, "room", tab)
     await attach(b, "room", watcher)
     key = "chat:{room:room}:presence"
+    await written(a)
     assert await a.redis.hget(key, "a\x1fann") == "3"
     # A peer deleted our entry (it thought us dead); a tab closes: the count is what we hold.
     await b.redis.hdel(key, "a\x1fann")
     await a.detach("room", tabs[0])
+    await written(a)
     assert await a.redis.hget(key, "a\x1fann") == "2"
     await converged("room", {"ann", "watcher"}, [a, b], [watcher, tabs[1]])
     # A stray negative or zero entry (an older version's HINCRBY) hides nobody and is repaired.
@@ -228,6 +240,7 @@ async def test_counts_are_absolute_never_negative(
             await asyncio.sleep(0.02)
     await a.detach("room", tabs[1])
     await a.detach("room", tabs[2])
+    await written(a)
     assert await a.redis.hget(key, "a\x1fann") is None
     await converged("room", {"watcher"}, [a, b], [watcher])
 
