@@ -68,7 +68,7 @@ class RoomPresence:
     changed: dict[str, int] = field(default_factory=dict)
     flips: int = 0
     snapshot_at: int | None = None  # a snapshot was taken this window, after this flip
-    shown_at: float = float("-inf")  # loop time of the last diff shown (or due)
+    shown_at: float = float("-inf")  # loop time of the last diff shown
     unwritten: set[str] = field(default_factory=set)  # our counts to write to Redis
     unannounced: set[str] = field(default_factory=set)  # ...and to announce once written
     open: bool = False  # we have sockets in the room (its channel is subscribed)
@@ -616,7 +616,7 @@ class Presence:
                 room.shown.discard(user)
         room.changed.clear()
         room.snapshot_at = None
-        room.shown_at = asyncio.get_running_loop().time()
         if joins or leaves:
+            room.shown_at = asyncio.get_running_loop().time()
             frame = {"type": "presence_diff", "joins": sorted(joins), "leaves": sorted(leaves)}
             self._broadcast(slug, frame)
