@@ -194,8 +194,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
             hello["author"] = self.identity.principal
             hello["guest"] = self.identity.is_guest
             hello["moderator"] = self.identity.can_moderate
-        await self._write({**hello, "last_seq": last_seq})
-        await self._write({"type": "presence_state", "users": users})
+        # Straight into the transport when it can (one write each, no ASGI message): the two
+        # frames every socket of a connect storm gets first.
+        await self._send_text(*encode({**hello, "last_seq": last_seq}))
+        await self._send_text(*encode({"type": "presence_state", "users": users}))
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:

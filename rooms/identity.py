@@ -127,10 +127,25 @@ async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: li
         holder = await redis.hget(key, other)
         if holder is not None and holder != identity.name_holder:
             raise IdentityRefused("someone else in the room goes by that name")
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(key, identity.name, identity.name_holder)
-        pipe.expire(key, NAMES_TTL_S)
-        await pipe.execute()
+    await _claims.get((redis, key, identity.name, identity.name_holder))
+
+
+async def _write_claims(claims: list[tuple[Any, str, str, str]]) -> dict[Any, None]:
+    """Every claim asked for meanwhile, in one pipeline per Redis client (a connect storm of
+    N guests is a few round trips, not N)."""
+    by_client: dict[Any, dict[str, dict[str, str]]] = {}
+    for redis, key, name, holder in claims:
+        by_client.setdefault(redis, {}).setdefault(key, {})[name] = holder
+    for redis, rooms in by_client.items():
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, holders in rooms.items():
+                pipe.hset(key, mapping=holders)
+                pipe.expire(key, NAMES_TTL_S)
+            await pipe.execute()
+    return {}
+
+
+_claims: selectors.Batched[tuple[Any, str, str, str], None] = selectors.Batched(_write_claims, None)
 
 
 # The keys of the names in a room, computed once per name, not once per name per joining

@@ -61,7 +61,7 @@ V = TypeVar("V")
 
 
 class Batched(Generic[K, V]):
-    """Lookups of one kind asked at the same time answered by ONE query.
+    """Lookups (or writes) of one kind asked at the same time answered by ONE query.
 
     Django runs async ORM calls one at a time on its single sync thread, so a connect storm of
     N sockets waited for N queries in a row. Here the first caller runs a query for every key
