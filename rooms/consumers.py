@@ -33,7 +33,15 @@ from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
 
 from . import selectors, services
-from .identity import Identity, IdentityRefused, Recheck, claim_guest_name, client_address, identify
+from .identity import (
+    Identity,
+    IdentityRefused,
+    Recheck,
+    claim_guest_name,
+    client_address,
+    identify,
+    room_members,
+)
 from .outbox import Frame, Outbox, encode
 from .protocol import (
     FrameRefused,
@@ -144,12 +152,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             identity = await identify(self.scope, self.slug, query.get("name", [None])[0])
             if identity.is_guest:
-                # The node's own view when it has sockets in the room: no round trip per
-                # socket, and no reading of the whole presence hash per socket (a storm of N
-                # would read N²). Else the cluster's, from Redis.
-                online = runtime.present(self.slug)
-                if online is None:
-                    online = (await runtime.online([self.slug])).get(self.slug, [])
+                online = await room_members(runtime, self.slug)
                 await claim_guest_name(runtime.redis, self.slug, identity, online)
         except IdentityRefused as refused:
             frame = error_frame("forbidden", str(refused))

@@ -108,6 +108,46 @@ def _session_guest(scope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+async def room_members(runtime: Any, slug: str) -> list[str]:
+    """Who is in the room, for a guest's name check: the node's own view when it has sockets
+    there (no round trip, and no reading of the whole presence hash per socket: a storm of N
+    would read N²); else the cluster's from Redis, one read for every socket asking meanwhile
+    (the room's first sockets on this node, all at once in a storm)."""
+    present = runtime.present(slug)
+    if present is not None:
+        return list(present)
+    return await _online.get((_Same(runtime), slug))
+
+
+class _Same:
+    """A key that is its object itself (a runtime is a dataclass: equal by value, unhashable)."""
+
+    __slots__ = ("it",)
+
+    def __init__(self, it: Any) -> None:
+        self.it = it
+
+    def __hash__(self) -> int:
+        return id(self.it)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.it is self.it
+
+
+async def _read_online(wanted: list[tuple[_Same, str]]) -> dict[tuple[_Same, str], list[str]]:
+    by_runtime: dict[_Same, list[str]] = {}
+    for runtime, slug in wanted:
+        by_runtime.setdefault(runtime, []).append(slug)
+    found: dict[tuple[_Same, str], list[str]] = {}
+    for runtime, slugs in by_runtime.items():
+        for slug, users in (await runtime.it.online(slugs)).items():
+            found[(runtime, slug)] = users
+    return found
+
+
+_online: selectors.Batched[tuple[_Same, str], list[str]] = selectors.Batched(_read_online, [])
+
+
 async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: list[str]) -> None:
     """Refuse a guest name confusable with the name of someone else in the room; otherwise
     record who holds it (a hash per room: name -> holder).
