@@ -53,7 +53,7 @@ logger = logging.getLogger("cluster.presence")
 Frame = dict[str, Any]
 Entry = tuple[str, str]  # (node, user)
 REPAIR_BATCH = 200  # rooms read per round trip by the repair
-WINDOW_S = 0.05  # changes of one room shown to its sockets together, at most this late
+WINDOW_S = 0.1  # changes of one room shown to its sockets together, at most this late
 
 
 @dataclass(eq=False)

@@ -17,7 +17,7 @@ from tests.support.nodes import Cluster
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
 SOCKETS = 200
-WINDOW_S = 0.05  # cluster.presence.WINDOW_S
+WINDOW_S = 0.1  # cluster.presence.WINDOW_S
 
 
 def view(frames: list[Frame]) -> set[str]:
