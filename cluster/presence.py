@@ -338,6 +338,9 @@ class Presence:
                         await pipe.execute()
             except asyncio.CancelledError:
                 room.dirty = True  # kept (if closed) until the repair has made Redis right
+                # Still to write: ``stop`` (which cancels us) clears what is marked here.
+                room.unwritten |= users
+                room.unannounced |= announce
                 self._wake.set()
                 raise
             except Exception as exc:
@@ -362,9 +365,11 @@ class Presence:
             node = message["node"]
             if "users" in message:
                 users = message["users"]
-                if not isinstance(users, dict):
-                    raise TypeError("users is not an object")
-                changes = [(str(u), bool(p)) for u, p in users.items()]
+                if not isinstance(users, dict) or not all(
+                    isinstance(p, bool) for p in users.values()
+                ):
+                    raise TypeError("users is not an object of booleans")
+                changes = list(users.items())
             else:
                 if not isinstance(message["user"], str):
                     raise TypeError("user is not a string")

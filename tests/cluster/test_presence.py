@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from cluster.config import ClusterConfig
+from cluster.connection import async_redis
 from cluster.runtime import ClusterRuntime
 
 pytestmark = pytest.mark.asyncio
@@ -457,6 +458,7 @@ async def test_presence_messages_old_new_and_malformed(
         '{"users": {"x": true}}',  # no node
         '{"node": "b", "users": ["x"]}',  # not an object
         '{"node": "b", "users": "x"}',
+        '{"node": "b", "users": {"x": "yes"}}',  # not a boolean
         '{"node": "b", "user": 7, "present": true}',
         '{"node": "b", "user": "x"}',  # no present
         '{"node": 7, "users": {"x": true}}',
@@ -468,3 +470,21 @@ async def test_presence_messages_old_new_and_malformed(
     presence.flush_shows()
     assert here.users == {"here", "new2"}
     assert presence.rooms["room"].members == {"here", "new2"}
+
+
+async def test_stop_clears_what_the_writer_had_not_written(redis_url: str) -> None:
+    a = node("a", redis_url)
+    await a.start()
+    ann, bob = View("ann"), View("bob")
+    await attach(a, "room", ann)
+    await attach(a, "room", bob)
+    await written(a)
+    await a.detach("room", ann)  # marked for the writer; the node stops before it runs
+    cal = View("cal")
+    await attach(a, "room", cal)
+    await a.stop()
+    check = async_redis(redis_url)
+    try:
+        assert await check.hkeys("chat:{room:room}:presence") == []
+    finally:
+        await check.aclose()
