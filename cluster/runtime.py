@@ -244,6 +244,14 @@ class ClusterRuntime:
         """Users present in each room, cluster-wide, in one round trip."""
         return await self.fanout.online(slugs)
 
+    def present(self, slug: str) -> list[str] | None:
+        """Who is in ``slug`` as this node shows it to its sockets, without a round trip; None
+        when no socket of ours is in the room. A snapshot for a ``presence_state``: the diffs
+        this node sends after it make it right."""
+        if not self.fanout.presence.is_open(slug):
+            return None
+        return self.fanout.presence.users(slug)
+
     async def cluster_view(self) -> dict[str, Any]:
         # From the membership the poll loop keeps (at most a poll interval old): an HTTP
         # request must not run a refresh, and with it rebalances and hand-offs.

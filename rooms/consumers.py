@@ -34,7 +34,15 @@ from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
 
 from . import selectors, services
-from .identity import Identity, IdentityRefused, Recheck, claim_guest_name, client_address, identify
+from .identity import (
+    Identity,
+    IdentityRefused,
+    Recheck,
+    claim_guest_name,
+    client_address,
+    identify,
+    room_members,
+)
 from .outbox import Frame, Outbox, encode
 from .protocol import (
     FrameRefused,
@@ -139,9 +147,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
         self.known_seq = 0  # the highest seq this socket has heard of
         self.behind = False  # durable events were skipped: the send loop reads them from the log
-        self.presence: set[str] = set()
-        self.early_presence: list[Frame] = []  # presence frames that came before the snapshot
-        self.presence_stale = False  # a presence_diff was dropped: send a fresh presence_state
+        # A presence_diff was dropped: send a fresh presence_state, from the node's view of the
+        # room (a socket keeps no presence of its own: 500 members × 500 sockets adds up).
+        self.presence_stale = False
         self.last_typing = 0.0
         self.page_events = PAGE_EVENTS
         budget = SendBudget.for_scope(self.scope, settings.CHAT_SOCKET_BUFFER_BYTES)
@@ -162,7 +170,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             identity = await identify(self.scope, self.slug, query.get("name", [None])[0])
             if identity.is_guest:
-                online = (await runtime.online([self.slug])).get(self.slug, [])
+                online = await room_members(runtime, self.slug)
                 await claim_guest_name(runtime.redis, self.slug, identity, online)
         except IdentityRefused as refused:
             frame = error_frame("forbidden", str(refused))
@@ -187,10 +195,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.attached = True
         # From here on a failure still detaches: connect's handlers call _release.
         last_seq = attachment.last_seq
-        self.presence = set(attachment.users)
-        for early in self.early_presence:  # delivered while attaching: in order, on top
-            self._apply_presence(early)
-        self.early_presence = []
+        # Diffs delivered from here on wait in the outbox: they go after the presence_state.
         await self._greet(last_seq, attachment.users)
         if after is None:
             self.sent_seq = last_seq
@@ -210,8 +215,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
             hello["author"] = self.identity.principal
             hello["guest"] = self.identity.is_guest
             hello["moderator"] = self.identity.can_moderate
-        await self._write({**hello, "last_seq": last_seq})
-        await self._write({"type": "presence_state", "users": users})
+        # Straight into the transport when it can (one write each, no ASGI message): the two
+        # frames every socket of a connect storm gets first.
+        await self._send_text(*encode({**hello, "last_seq": last_seq}))
+        await self._send_text(*encode({"type": "presence_state", "users": users}))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' dispatch, with its ``close_old_connections`` (a hop to the database thread
@@ -277,11 +284,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 self.behind = True  # the send loop reads it from the log, even if nothing follows
             self.known_seq = seq
         elif kind in ("presence_diff", "presence_state"):
-            self._apply_presence(frame)
-            if self.phase == "admitting":
-                self.early_presence.append(frame)
+            if kind == "presence_diff" and self.user in frame["joins"]:
+                # A socket's own user is in its presence_state and stays while it is here: a
+                # join of it is news only to the others (a diff coalesced with its arrival).
+                joins = [u for u in frame["joins"] if u != self.user]
+                if not joins and not frame["leaves"]:
+                    return
+                frame = {**frame, "joins": joins}
+            if not self.presence_stale and self._write_now(frame):
+                return
             if self.presence_stale or not self.outbox.offer(frame):
-                self.presence_stale = True  # replaced by a presence_state from self.presence
+                self.presence_stale = True  # replaced by a fresh presence_state
         elif self._write_now(frame):
             return
         elif not self.outbox.offer(frame):
@@ -303,13 +316,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if not self.idle or self.probe is None:
             return False
         return self.probe.write_text(encode(frame)[0], only_if_idle=True)
-
-    def _apply_presence(self, frame: Frame) -> None:
-        if frame.get("type") == "presence_state":
-            self.presence = set(frame.get("users", ()))
-        else:
-            self.presence.difference_update(frame.get("leaves", ()))
-            self.presence.update(frame.get("joins", ()))
 
     def request_close(self, code: int) -> None:
         """Close the socket with ``code`` soon (the fan-out's drain asks for 1012)."""
@@ -385,8 +391,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         return not self.closing
 
     async def _send_presence_state(self) -> None:
+        # Taken in the same step as the flag is cleared: every diff dropped before is in it,
+        # and the node's diffs after it are offered again (see ``Presence.users``).
         self.presence_stale = False
-        frame = {"type": "presence_state", "users": sorted(self.presence)}
+        users = self.runtime.present(self.slug) if self.runtime is not None else None
+        frame = {"type": "presence_state", "users": users or []}
         await self._send_text(*encode(frame))
 
     async def _fill(self, *, until: int) -> None:

@@ -16,6 +16,7 @@ Display names are refused when they hold invisible or control characters, or are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import secrets
@@ -107,6 +108,46 @@ def _session_guest(scope: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+async def room_members(runtime: Any, slug: str) -> list[str]:
+    """Who is in the room, for a guest's name check: the node's own view when it has sockets
+    there (no round trip, and no reading of the whole presence hash per socket: a storm of N
+    would read N²); else the cluster's from Redis, one read for every socket asking meanwhile
+    (the room's first sockets on this node, all at once in a storm)."""
+    present = runtime.present(slug)
+    if present is not None:
+        return list(present)
+    return await _online.get((_Same(runtime), slug))
+
+
+class _Same:
+    """A key that is its object itself (a runtime is a dataclass: equal by value, unhashable)."""
+
+    __slots__ = ("it",)
+
+    def __init__(self, it: Any) -> None:
+        self.it = it
+
+    def __hash__(self) -> int:
+        return id(self.it)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Same) and other.it is self.it
+
+
+async def _read_online(wanted: list[tuple[_Same, str]]) -> dict[tuple[_Same, str], list[str]]:
+    by_runtime: dict[_Same, list[str]] = {}
+    for runtime, slug in wanted:
+        by_runtime.setdefault(runtime, []).append(slug)
+    found: dict[tuple[_Same, str], list[str]] = {}
+    for runtime, slugs in by_runtime.items():
+        for slug, users in (await runtime.it.online(slugs)).items():
+            found[(runtime, slug)] = users
+    return found
+
+
+_online: selectors.Batched[tuple[_Same, str], list[str]] = selectors.Batched(_read_online, [])
+
+
 async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: list[str]) -> None:
     """Refuse a guest name confusable with the name of someone else in the room; otherwise
     record who holds it (a hash per room: name -> holder).
@@ -117,19 +158,39 @@ async def claim_guest_name(redis: Any, slug: str, identity: Identity, online: li
     from .redis_admin import names_key
 
     key = names_key(slug)
-    mine = names.keys(identity.name)
+    mine = _keys(identity.name)
     for other in online:
-        if not (names.keys(other) & mine):
+        if not (_keys(other) & mine):
             continue
         if other != identity.name:
             raise IdentityRefused(f"that name is too close to {other!r}, who is in the room")
         holder = await redis.hget(key, other)
         if holder is not None and holder != identity.name_holder:
             raise IdentityRefused("someone else in the room goes by that name")
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.hset(key, identity.name, identity.name_holder)
-        pipe.expire(key, NAMES_TTL_S)
-        await pipe.execute()
+    await _claims.get((redis, key, identity.name, identity.name_holder))
+
+
+async def _write_claims(claims: list[tuple[Any, str, str, str]]) -> dict[Any, None]:
+    """Every claim asked for meanwhile, in one pipeline per Redis client (a connect storm of
+    N guests is a few round trips, not N)."""
+    by_client: dict[Any, dict[str, dict[str, str]]] = {}
+    for redis, key, name, holder in claims:
+        by_client.setdefault(redis, {}).setdefault(key, {})[name] = holder
+    for redis, rooms in by_client.items():
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, holders in rooms.items():
+                pipe.hset(key, mapping=holders)
+                pipe.expire(key, NAMES_TTL_S)
+            await pipe.execute()
+    return {}
+
+
+_claims: selectors.Batched[tuple[Any, str, str, str], None] = selectors.Batched(_write_claims, None)
+
+
+# The keys of the names in a room, computed once per name, not once per name per joining
+# socket: a storm into a room of N compared every joiner with every member (N² skeletons).
+_keys = functools.lru_cache(maxsize=8192)(names.keys)
 
 
 @sync_to_async

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Generic, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.core.paginator import Page, Paginator
 from django.db.models import Max
@@ -53,8 +56,80 @@ def room_get(slug: str) -> Room | None:
     return Room.objects.filter(slug=slug).first()
 
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Batched(Generic[K, V]):
+    """Lookups (or writes) of one kind asked at the same time answered by ONE query.
+
+    Django runs async ORM calls one at a time on its single sync thread, so a connect storm of
+    N sockets waited for N queries in a row. Here the first caller runs a query for every key
+    asked so far; whoever asks meanwhile waits for the next one, which covers them all. Nothing
+    is cached: every answer is read after it was asked for (an archived room is refused by the
+    next socket, whatever node archived it).
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]], missing: V) -> None:
+        self._fetch = fetch
+        self._missing = missing
+        self._waiting: dict[K, list[asyncio.Future[V]]] = {}
+        self._turn: asyncio.Future[None] | None = None  # done when the query in flight ends
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def get(self, key: K) -> V:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests run one each): nothing of the old one
+            self._loop, self._waiting, self._turn = loop, {}, None
+        answer: asyncio.Future[V] = loop.create_future()
+        self._waiting.setdefault(key, []).append(answer)
+        try:
+            while not answer.done():
+                if self._turn is None:
+                    await self._lead(loop)
+                else:
+                    await asyncio.wait([answer, self._turn], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            answer.cancel()  # whoever answers next skips it
+            raise
+        return answer.result()
+
+    async def _lead(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, {}
+        turn = self._turn = loop.create_future()
+        try:
+            found = await self._fetch(list(batch))
+        except asyncio.CancelledError:
+            # The caller who led went away: the others wait for the next query, not for ever.
+            for key, answers in batch.items():
+                self._waiting.setdefault(key, []).extend(a for a in answers if not a.done())
+            raise
+        except Exception as exc:
+            for answers in batch.values():
+                for a in answers:
+                    if not a.done():
+                        a.set_exception(exc)
+        else:
+            for key, answers in batch.items():
+                for a in answers:
+                    if not a.done():
+                        a.set_result(found.get(key, self._missing))
+        finally:
+            self._turn = None
+            turn.set_result(None)
+
+
+@sync_to_async
+def _rooms_by_slug(slugs: list[str]) -> dict[str, Room | None]:
+    return {room.slug: room for room in Room.objects.filter(slug__in=slugs)}
+
+
+_rooms: Batched[str, Room | None] = Batched(_rooms_by_slug, None)
+
+
 async def room_aget(slug: str) -> Room | None:
-    return await Room.objects.filter(slug=slug).afirst()
+    """The room, read now; concurrent callers share one query (a connect storm)."""
+    return await _rooms.get(slug)
 
 
 async def room_seq_floor(slug: str) -> int:
@@ -68,6 +143,18 @@ async def username_taken(name: str) -> bool:
     return await get_user_model().objects.filter(username__iexact=name).aexists()
 
 
+@sync_to_async
+def _registered_names(wanted: list[str]) -> dict[str, bool]:
+    keys = {name: names.keys(name) for name in wanted}
+    every = set().union(*keys.values())
+    found = set(NameKey.objects.filter(key__in=every).values_list("key", flat=True))
+    return {name: bool(mine & found) for name, mine in keys.items()}
+
+
+_names: Batched[str, bool] = Batched(_registered_names, False)
+
+
 async def name_registered(name: str) -> bool:
-    """Whether ``name`` is confusable with a registered user's name (rooms.names)."""
-    return await NameKey.objects.filter(key__in=names.keys(name)).aexists()
+    """Whether ``name`` is confusable with a registered user's name (rooms.names), read now;
+    concurrent callers share one query."""
+    return await _names.get(name)

@@ -84,6 +84,9 @@ async def test_presence_after_kill(cluster: Cluster) -> None:
     await late.connect()
     assert await state_of(late) == ["bob", "late", "tess", "watcher"]
 
+    # late's join reaches the others in their node's next presence window: let it land first.
+    for client in (bob, tess_b, watcher):
+        await client.wait_for(lambda c=client: "late" in presence(c.frames), timeout=2)
     # The same name comes back: nothing of its former life reappears, anywhere.
     mark = {c.name: len(c.frames) for c in (bob, tess_b, watcher, late)}
     a2 = await asyncio.to_thread(cluster.add, "a")
