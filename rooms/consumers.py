@@ -23,11 +23,11 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
 
-from autobahn.exception import Disconnected
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chatsite.daphne_compat import TRANSPORT_EXTENSION, TransportProbe
+from chatsite.daphne_compat import TRANSPORT_EXTENSION
+from chatsite.servers import DISCONNECTED
 from cluster.commands import Command
 from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
@@ -325,16 +325,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _send_text(self, text: str, size: int) -> bool:
         """Write one encoded frame once the budget has room; False if the socket is closing.
 
-        Under daphne the frame's bytes, framed once per event for all sockets, go straight into
-        the socket's transport (``TransportProbe.write_text``); the budget reads that same
-        transport's buffer. Order with the acks and errors written by ``self.send`` holds:
+        Under daphne and uvicorn the frame's bytes, framed once per event for all sockets, go
+        straight into the socket's transport (the probe's ``write_text``); the budget reads that
+        same transport's buffer. Order with the acks and errors written by ``self.send`` holds:
         both write synchronously, before the writer yields."""
         if not await self.budget.wait_for_room(size, give_up=self._stopping):
             return False
         if self.closing:
             return False
         probe = (self.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
-        if not isinstance(probe, TransportProbe) or not probe.write_text(text):
+        write_text = getattr(probe, "write_text", None)  # daphne's and uvicorn's probes
+        if write_text is None or not write_text(text):
             await self._send_raw(text)
         return not self.closing
 
@@ -420,7 +421,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        with contextlib.suppress(Disconnected):
+        with contextlib.suppress(*DISCONNECTED):
             await self.close(code=code)
 
     # -- from the client -------------------------------------------------------------------
@@ -542,7 +543,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return  # the client resumes elsewhere and re-sends what was not acked
         try:
             await self.send(text_data=text)
-        except Disconnected:
+        except DISCONNECTED:
             # Closed under us (an ack that arrives after the close): not a crash, or the
             # consumer dies before ``disconnect`` and its listener and presence leak.
             self.closing = True
