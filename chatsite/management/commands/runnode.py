@@ -18,17 +18,21 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chatsite import fail_closed
 from chatsite.redact import redact_url
-from chatsite.servers import DEFAULT_SERVER, SERVERS
+from chatsite.servers import DEFAULT_SERVER, MEASURED_ONLY, SERVERS
 from cluster.embedded import EmbeddedRedis
 
 # The modules a server needs beyond the project's own dependencies (the ``servers`` extra).
-_NEEDS = {"uvicorn": ("uvicorn", "websockets"), "uvicorn-wsproto": ("uvicorn", "wsproto")}
+_NEEDS = {
+    "uvicorn": ("uvicorn", "websockets"),
+    "uvicorn-wsproto": ("uvicorn", "wsproto"),
+    "granian": ("granian",),
+}
 
 
 def check_server(name: str) -> None:
     """Refuse an unknown server, or one whose package is not installed, before anything
     binds a port or starts a Redis."""
-    if name not in SERVERS:
+    if name not in SERVERS and name not in MEASURED_ONLY:
         raise CommandError(f"unknown --server {name!r}: choose one of {', '.join(SERVERS)}")
     missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
     if missing:
@@ -88,6 +92,10 @@ class Command(BaseCommand):
                 from chatsite.servers import daphne_node
 
                 code = daphne_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
+            elif name == "granian":
+                from chatsite.servers import granian_node
+
+                code = granian_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
             else:
                 from chatsite.servers import uvicorn_node
 
