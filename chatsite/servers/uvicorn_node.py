@@ -100,14 +100,14 @@ def protocol_classes() -> dict[str, type]:
         async def run_asgi(self) -> None:
             extensions = dict(self.scope.get("extensions") or {})
             extensions[TRANSPORT_EXTENSION] = AsyncioTransportProbe(self, _websockets_open)
-            self.scope["extensions"] = extensions  # type: ignore[typeddict-unknown-key]
+            self.scope["extensions"] = extensions
             await super().run_asgi()
 
     class ChatWSProtocol(WSProtocol):
         async def run_asgi(self) -> None:
             extensions = dict(self.scope.get("extensions") or {})
             extensions[TRANSPORT_EXTENSION] = AsyncioTransportProbe(self, _wsproto_open)
-            self.scope["extensions"] = extensions  # type: ignore[typeddict-unknown-key]
+            self.scope["extensions"] = extensions
             await super().run_asgi()
 
     return {"uvicorn": ChatWebSocketProtocol, "uvicorn-wsproto": ChatWSProtocol}
