@@ -33,4 +33,8 @@ def serve(app: Any, runtime: ClusterRuntime, *, host: str, port: int, stdout: Te
     )
     reactor.callWhenRunning(lambda: asyncio.ensure_future(node.start()))
     server.run()
+    if not node.stopping and node.exit_code == 0:
+        # The reactor stopped without a signal: daphne could not listen (it logs why and
+        # stops the reactor). A supervisor must see a failure, not a clean exit.
+        return 1
     return node.exit_code

@@ -4,6 +4,7 @@ and a SIGTERM drain; an unknown server is refused before anything starts."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from chatsite.servers import SERVERS
 from tests.support.client import ChatClient
-from tests.support.nodes import ROOT, Cluster, base_env
+from tests.support.nodes import ROOT, Cluster, Node, base_env
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -71,3 +72,15 @@ def test_an_unknown_server_in_the_environment_is_refused(tmp_path) -> None:
     )
     assert result.returncode == 1
     assert "unknown --server 'twisted'" in result.stderr
+
+
+@pytest.mark.parametrize("server", SERVERS)
+def test_a_port_in_use_ends_the_node_with_exit_1(cluster: Cluster, server: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        node = Node("busy", {**cluster.env, "RUNNODE_SERVER": server}, port=taken.getsockname()[1])
+        cluster.nodes.append(node)  # ended by the fixture whatever happens
+        node.start(wait=False)
+        assert node.process is not None
+        assert node.process.wait(60) == 1, node.log()
