@@ -4,6 +4,7 @@ and a SIGTERM drain; an unknown server is refused before anything starts."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from chatsite.servers import SERVERS
 from tests.support.client import ChatClient
 from tests.support.nodes import ROOT, Cluster, Node, base_env
+from tests.support.stalled_socket import StalledSocket
 
 pytestmark = [pytest.mark.cluster, pytest.mark.django_db(transaction=True)]
 
@@ -34,10 +36,20 @@ async def test_round_trip_and_drain_under_each_server(cluster: Cluster, server: 
     assert node.log_path is not None
     assert f"server {server}" in node.log_path.read_text(), "runnode ran another server"
 
-    code = await asyncio.to_thread(node.terminate, 30)
-    await alice.wait_for(lambda: alice.close_code is not None, 10)
-    assert alice.close_code == 1012, node.log()
-    assert code == 0, node.log()
+    # A socket that never answers the close keeps the drain waiting (up to 3 s): meanwhile
+    # the node still serves HTTP and says it is not ready.
+    silent = StalledSocket(node.port, "/ws/rooms/lobby/?name=silent").connect()
+    try:
+        node.signal(signal.SIGTERM)
+        await alice.wait_for(lambda: alice.close_code is not None, 10)
+        assert alice.close_code == 1012, node.log()
+        status, _ = await asyncio.to_thread(node.get, "/readyz")
+        assert status == 503, node.log()
+        assert node.process is not None
+        code = await asyncio.to_thread(node.process.wait, 30)
+        assert code == 0, node.log()
+    finally:
+        silent.close()
 
 
 @pytest.mark.parametrize("flag", [["--server", "nginx"], ["--server", ""], ["--server"]])
