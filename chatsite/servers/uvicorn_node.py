@@ -87,6 +87,7 @@ def _wsproto_open(protocol: Any) -> bool:
 
 def protocol_classes() -> dict[str, type]:
     """uvicorn's two WebSocket protocols, each giving its scopes a probe."""
+    from uvicorn.protocols.utils import ClientDisconnected
     from uvicorn.protocols.websockets.websockets_impl import WebSocketProtocol
     from uvicorn.protocols.websockets.wsproto_impl import WSProtocol
 
@@ -102,6 +103,18 @@ def protocol_classes() -> dict[str, type]:
             extensions[TRANSPORT_EXTENSION] = AsyncioTransportProbe(self, _websockets_open)
             self.scope["extensions"] = extensions
             await super().run_asgi()
+
+        async def asgi_send(self, message: Any) -> None:
+            # Once the client is gone this protocol raises RuntimeError ("unexpected ASGI
+            # message") where wsproto's raises ClientDisconnected; the consumer may still be
+            # writing before it has taken the disconnect, and must see the same as elsewhere.
+            if (
+                self.closed_event.is_set()
+                and self.initial_response is None
+                and message.get("type") in ("websocket.send", "websocket.close")
+            ):
+                raise ClientDisconnected()
+            await super().asgi_send(message)
 
     class ChatWSProtocol(WSProtocol):
         async def run_asgi(self) -> None:
