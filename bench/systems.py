@@ -20,7 +20,16 @@ from cluster.embedded import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "bench" / "peers"
-SYSTEMS = ("project", "channels-core", "channels-pubsub", "socketio")
+SYSTEMS = (
+    "project",
+    "channels-core",
+    "channels-pubsub",
+    "socketio",
+    # This project under the other ASGI servers of ``runnode --server`` (docs/asgi-servers.md).
+    "project-uvicorn",
+    "project-wsproto",
+    "project-granian",
+)
 
 # Benchmark nodes: every client comes from 127.0.0.1, so the per-address limits are lifted.
 PROJECT_ENV = {
@@ -143,6 +152,7 @@ class ProjectSystem(System):
 
     name = "project"
     protocol = "project"
+    server = ""  # runnode's --server; "" is runnode's default (daphne)
 
     def _start(self, rooms: list[str]) -> None:
         sys.path.insert(0, str(ROOT))
@@ -157,8 +167,9 @@ class ProjectSystem(System):
             "    call_command('createroom', slug, verbosity=0)\n"
         )
         manage("shell", "-c", script, env=self.cluster.env, timeout=120)
+        server = {"RUNNODE_SERVER": self.server} if self.server else {}
         for name in ("a", "b"):
-            node = self.cluster.add(name, wait=False)
+            node = self.cluster.add(name, wait=False, **server)
             self.ports.append(node.port)
         for node in self.cluster.nodes:
             node.wait_ready(60)
@@ -237,6 +248,21 @@ class ProjectSystem(System):
                     node.signal(signal.SIGKILL)  # a drain is not what is measured here
                     node.process.wait(10)
         super().stop()
+
+
+class ProjectUvicornSystem(ProjectSystem):
+    name = "project-uvicorn"
+    server = "uvicorn"  # uvicorn with the websockets library
+
+
+class ProjectWsprotoSystem(ProjectSystem):
+    name = "project-wsproto"
+    server = "uvicorn-wsproto"
+
+
+class ProjectGranianSystem(ProjectSystem):
+    name = "project-granian"
+    server = "granian"  # measured only: no transport probe, so no guarantee 10
 
 
 class ChannelsSystem(System):
@@ -322,6 +348,9 @@ def make_system(name: str, work: Path) -> System:
         "channels-core": ChannelsCoreSystem,
         "channels-pubsub": ChannelsPubSubSystem,
         "socketio": SocketIOSystem,
+        "project-uvicorn": ProjectUvicornSystem,
+        "project-wsproto": ProjectWsprotoSystem,
+        "project-granian": ProjectGranianSystem,
     }
     return classes[name](work)
 
@@ -340,6 +369,9 @@ def versions() -> dict[str, str]:
         "autobahn",
         "redis",
         "websockets",
+        "uvicorn",
+        "wsproto",
+        "granian",
     ):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[package] = metadata.version(package)

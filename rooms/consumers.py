@@ -20,15 +20,15 @@ import logging
 import time
 import uuid
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from autobahn.exception import Disconnected
 from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chatsite.daphne_compat import TRANSPORT_EXTENSION, TransportProbe
+from chatsite.daphne_compat import TRANSPORT_EXTENSION
+from chatsite.servers import DISCONNECTED
 from cluster.commands import Command
 from cluster.errors import CommandError
 from cluster.runtime import ClusterRuntime
@@ -86,6 +86,14 @@ async def _close_old_connections_now_and_then() -> None:
         await aclose_old_connections()
 
 
+class SocketProbe(Protocol):
+    """What a server tells of one socket (chatsite.daphne_compat, chatsite.servers)."""
+
+    def write_text(self, text: str, *, only_if_idle: bool = False) -> bool: ...
+
+    def buffered(self) -> int: ...
+
+
 class Refuse(Exception):
     """The socket may not stay: close it with ``code`` (after ``frame``, if any)."""
 
@@ -112,7 +120,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     sender: asyncio.Task[None] | None = None  # the writer, while it has work
     commander: asyncio.Task[None] | None = None  # runs the queued commands, one at a time
     slot: Slot | None = None
-    probe: TransportProbe | None = None  # daphne's view of the socket's transport
+    probe: SocketProbe | None = None  # the server's view of the socket's transport
     # No writer task runs: nothing queued, nothing to read from the log. An idle socket costs
     # no task (most sockets are idle most of the time); ``_kick`` starts one when needed.
     idle = False
@@ -154,7 +162,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.page_events = PAGE_EVENTS
         budget = SendBudget.for_scope(self.scope, settings.CHAT_SOCKET_BUFFER_BYTES)
         probe = (self.scope.get("extensions") or {}).get(TRANSPORT_EXTENSION)
-        self.probe = probe if isinstance(probe, TransportProbe) else None
+        self.probe = probe if hasattr(probe, "write_text") else None  # daphne's or uvicorn's
         self.budget = budget
         self.outbox.max_bytes = budget.quarter
         runtime = current_runtime()
@@ -378,9 +386,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _send_text(self, text: str, size: int) -> bool:
         """Write one encoded frame once the budget has room; False if the socket is closing.
 
-        Under daphne the frame's bytes, framed once per event for all sockets, go straight into
-        the socket's transport (``TransportProbe.write_text``); the budget reads that same
-        transport's buffer. Order with the acks and errors written by ``self.send`` holds:
+        Under daphne and uvicorn the frame's bytes, framed once per event for all sockets, go
+        straight into the socket's transport (the probe's ``write_text``); the budget reads that
+        same transport's buffer. Order with the acks and errors written by ``self.send`` holds:
         both write synchronously, before the writer yields."""
         if not await self.budget.wait_for_room(size, give_up=self._stopping):
             return False
@@ -475,7 +483,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        with contextlib.suppress(Disconnected):
+        with contextlib.suppress(*DISCONNECTED):
             await self.close(code=code)
 
     # -- from the client -------------------------------------------------------------------
@@ -602,7 +610,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return  # the same bytes, in the same order, without the trip through Channels
         try:
             await self.send(text_data=text)
-        except Disconnected:
+        except DISCONNECTED:
             # Closed under us (an ack that arrives after the close): not a crash, or the
             # consumer dies before ``disconnect`` and its listener and presence leak.
             self.closing = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -18,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chatsite.servers import DEFAULT_SERVER
 from tests.support.nodes import Node
 
 from .conftest import ROOM, Wire, assert_clean_log, raw_get
@@ -225,11 +227,16 @@ def test_other_methods_are_refused_not_crashed(node: Node, method: str, path: st
 
 def test_a_request_line_over_16_kib_costs_only_that_connection(node: Node) -> None:
     """Twisted refuses it before Django (it closes the connection, or answers 4xx); the node
-    goes on serving."""
+    goes on serving. uvicorn's h11 bounds only a head still incomplete (16 KiB): one that
+    arrives whole in one read (asyncio reads at most 256 KiB) is served, and costs no more."""
+    server = os.environ.get("RUNNODE_SERVER", DEFAULT_SERVER)
     try:
         status, _, _ = raw_get(node, "/healthz?after=" + "9" * 20_000)
     except (http.client.RemoteDisconnected, ConnectionResetError):
         pass
     else:
-        assert 400 <= status < 500, status
+        if server == "daphne":
+            assert 400 <= status < 500, status
+        else:
+            assert status == 200 or 400 <= status < 500, status
     assert get_json(node, "/healthz")[0] == 200

@@ -1,4 +1,5 @@
-"""Guarantee 10 and the socket caps, against a real ``runnode`` process (issue 8, hole 3).
+"""Guarantee 10 and the socket caps, against a real ``runnode`` process (issue 8, hole 3),
+under every ASGI server ``runnode --server`` supports.
 
 A socket that stops reading costs its node at most about ``CHAT_SOCKET_BUFFER_BYTES``; past that
 it is closed with 1013 and loses nothing when it resumes. Sockets per principal and per address
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import websockets
 
+from chatsite.servers import SERVERS
 from cluster.embedded import EmbeddedRedis
 from tests.support.client import ChatClient
 from tests.support.nodes import Cluster, Node
@@ -47,9 +49,17 @@ def wait_until(predicate: object, timeout: float, step: float = 0.1) -> bool:
     return False
 
 
+@pytest.fixture(scope="module", params=SERVERS)
+def server(request: pytest.FixtureRequest) -> str:
+    """Every test runs under each server (their nodes are built once per server)."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def big_room(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    """One node and a room of 2,000 events of 4,000 characters (seeded once per module)."""
+def big_room(
+    redis_server: str, tmp_path_factory: pytest.TempPathFactory, server: str
+) -> Iterator[Node]:
+    """One node and a room of 2,000 events of 4,000 characters (seeded once per server)."""
     import redis
 
     client = redis.Redis.from_url(redis_server)
@@ -62,6 +72,7 @@ def big_room(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         CHAT_RATE_LIMIT_PER_ADDRESS="100000/1",
         CHAT_SOCKET_BUFFER_BYTES=str(BUDGET),
         CHAT_MAX_SOCKETS_PER_USER="3",
+        RUNNODE_SERVER=server,
     )
     try:
         cluster.create_room(ROOM)
@@ -298,12 +309,12 @@ def test_a_flooding_client_is_read_no_faster_than_it_is_served(big_room: Node) -
     assert growth <= 15 * MIB, f"RSS grew {growth / MIB:.1f} MiB under a flood of frames"
 
 
-def test_frames_sent_to_a_hung_consumer_are_not_all_buffered(tmp_path: Path) -> None:
+def test_frames_sent_to_a_hung_consumer_are_not_all_buffered(tmp_path: Path, server: str) -> None:
     # Issue 8, hole 3: 300 frames of 1 MiB sent to a socket whose consumer is stuck (its
     # command waits for a frozen owner) were all queued by daphne: +218 MiB. Now the node
     # stops reading that socket, and answers every frame once the consumer is free again.
     redis_server = EmbeddedRedis.start(appendonly=False)
-    cluster = Cluster(redis_server.url, tmp_path, CHAT_LEASE_TTL_MS="10000")
+    cluster = Cluster(redis_server.url, tmp_path, CHAT_LEASE_TTL_MS="10000", RUNNODE_SERVER=server)
     frames = 300
     try:
         cluster.create_room("hung")

@@ -1,44 +1,45 @@
 """``runnode``: one cluster node, the ASGI server and the cluster runtime in one event loop.
 
-Daphne implements no ASGI lifespan, so this command owns the lifecycle: start the runtime when
-the reactor runs, serve, and on SIGTERM drain (readyz 503, rooms handed off, sockets closed with
-1012), stop the runtime, stop the reactor, exit 0.
+The command owns the lifecycle under every server (daphne implements no ASGI lifespan): start
+the runtime in the server's loop, serve, and on SIGTERM drain (readyz 503, rooms handed off,
+sockets closed with 1012), stop the runtime, stop the server, exit 0. ``--server`` picks the
+ASGI server (chatsite/servers; which is the default and why: docs/asgi-servers.md).
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
+import importlib.util
 import os
-import signal
 import sys
 from typing import Any
 
-import daphne.server
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chatsite import fail_closed
 from chatsite.channel_layers import channel_layers_for
-from chatsite.daphne_compat import patch_daphne
 from chatsite.redact import redact_url
+from chatsite.servers import DEFAULT_SERVER, MEASURED_ONLY, SERVERS
 from cluster.embedded import EmbeddedRedis
 
-logger = logging.getLogger("chatsite.runnode")
-# Gen-0 collections every 700 allocations cost a node under fan-out load p99 and CPU, scanning
-# objects that live as long as the process (modules, settings, the runtime). Those are frozen
-# once the node is up, and gen 0 waits for 50,000 allocations. RUNNODE_GC=default keeps
-# Python's defaults (to measure the difference: docs/benchmarks.md).
-GC_THRESHOLD = (50_000, 50, 100)
+# The modules a server needs beyond the project's own dependencies (the ``servers`` extra).
+_NEEDS = {
+    "uvicorn": ("uvicorn", "websockets"),
+    "uvicorn-wsproto": ("uvicorn", "wsproto"),
+    "granian": ("granian",),
+}
 
 
-def tune_gc() -> None:
-    if os.environ.get("RUNNODE_GC", "tuned") == "default":
-        return
-    gc.collect()  # what is garbage now should not be frozen with the rest
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLD)
+def check_server(name: str) -> None:
+    """Refuse an unknown server, or one whose package is not installed, before anything
+    binds a port or starts a Redis."""
+    if name not in SERVERS and name not in MEASURED_ONLY:
+        raise CommandError(f"unknown --server {name!r}: choose one of {', '.join(SERVERS)}")
+    missing = [m for m in _NEEDS.get(name, ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CommandError(
+            f"--server {name} needs {', '.join(missing)}: pip install 'clusterchat[servers]'"
+        )
 
 
 class Command(BaseCommand):
@@ -48,19 +49,33 @@ class Command(BaseCommand):
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--node-name", default=None, help="overrides CHAT_NODE_NAME")
+        parser.add_argument(
+            "--server",
+            default=None,
+            help=f"ASGI server, one of {', '.join(SERVERS)} "
+            f"(default: $RUNNODE_SERVER, else {DEFAULT_SERVER})",
+        )
 
-    def handle(self, *args: Any, host: str, port: int, node_name: str | None, **opts: Any) -> None:
+    def handle(
+        self,
+        *args: Any,
+        host: str,
+        port: int,
+        node_name: str | None,
+        server: str | None,
+        **opts: Any,
+    ) -> None:
         from channels.routing import get_default_application
-        from twisted.internet import reactor
 
         from rooms.runtime import build_runtime, install
 
+        name = server if server is not None else os.environ.get("RUNNODE_SERVER", DEFAULT_SERVER)
+        check_server(name)
         refused = fail_closed.problems()
         if refused:
             # Before anything binds a port or starts a Redis: production fails closed.
             lines = "\n  - ".join(text for _, text in refused)
             raise CommandError(f"refusing to start with DEBUG off:\n  - {lines}")
-        patch_daphne()
         if node_name:
             settings.CHAT_NODE_NAME = node_name
         embedded: EmbeddedRedis | None = None
@@ -73,51 +88,23 @@ class Command(BaseCommand):
             )
         runtime = build_runtime(settings.CHAT_REDIS_URL)
         install(runtime)
-        server = daphne.server.Server(
-            application=get_default_application(),
-            endpoints=[f"tcp:port={port}:interface={host}"],
-            signal_handlers=False,
-            application_close_timeout=5,
-            websocket_handshake_timeout=10,
-        )
-        state = {"exit": 0, "stopping": False}
-
-        async def start() -> None:
-            try:
-                await runtime.start()
-            except Exception:
-                logger.exception("could not start the cluster runtime")
-                state["exit"] = 1
-                reactor.stop()
-                return
-            tune_gc()
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(shutdown()))
-            loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(shutdown()))
-            redis_url = redact_url(settings.CHAT_REDIS_URL)
-            self.stdout.write(f"node {runtime.node} serving on http://{host}:{port}/ ({redis_url})")
-            self.stdout.flush()
-
-        async def shutdown() -> None:
-            if state["stopping"]:
-                return
-            state["stopping"] = True
-            logger.info("SIGTERM: draining node %s", runtime.node)
-            try:
-                await runtime.drain()
-            finally:
-                try:
-                    await runtime.stop()
-                except Exception:
-                    logger.exception("stopping the runtime failed; exiting anyway")
-                finally:
-                    install(None)
-                    reactor.stop()
-
-        reactor.callWhenRunning(lambda: asyncio.ensure_future(start()))
+        app = get_default_application()
         try:
-            server.run()
+            if name == "daphne":
+                from chatsite.servers import daphne_node
+
+                code = daphne_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
+            elif name == "granian":
+                from chatsite.servers import granian_node
+
+                code = granian_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
+            else:
+                from chatsite.servers import uvicorn_node
+
+                code = uvicorn_node.serve(
+                    app, runtime, name=name, host=host, port=port, stdout=self.stdout
+                )
         finally:
             if embedded is not None:
                 embedded.stop()
-        sys.exit(int(state["exit"]))
+        sys.exit(code)
