@@ -257,6 +257,8 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
         "guestNameMax": services.GUEST_NAME_MAX,
         "maxBody": 4000,
         "eventsUrl": "/api/rooms/lobby/events",
+        "lastRead": None,
+        "readUrl": "/r/lobby/read",
         "socketPath": "/ws/rooms/lobby/",
     }
 
