@@ -530,11 +530,15 @@ document.addEventListener("visibilitychange", () => {
     state.newAfter = state.lastSeq;
     redecorate();
   }
-  if (state.reportTimer) {
-    clearTimeout(state.reportTimer);
-    reportRead();
-  }
+  flushRead();
 });
+
+// The page goes out of view or away: what was seen is reported now, not after the delay.
+function flushRead() {
+  if (!state.reportTimer) return;
+  clearTimeout(state.reportTimer);
+  reportRead();
+}
 
 // Older events, just below the lowest one loaded, put above it without moving what is shown.
 async function loadOlder() {
@@ -828,7 +832,10 @@ function stop(reason) {
 
 // Leave at once when the page goes away (and come back if the browser restores it from cache),
 // so others do not see us online until the server notices a dead socket.
-window.addEventListener("pagehide", () => disconnect());
+window.addEventListener("pagehide", () => {
+  disconnect();
+  flushRead();
+});
 window.addEventListener("pageshow", (e) => {
   if (e.persisted && canChat() && !state.socket) connect();
 });

@@ -1,0 +1,313 @@
+"""The web chat in real browsers (chromium via Playwright) against two real nodes on one Redis.
+
+Every wait is Playwright's ``expect`` or ``wait_for`` with a timeout, never a sleep. Screenshots
+of the key steps go to tests/browser/artifacts/ (printed at the start of the session).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.browser.conftest import PHONE
+from tests.support.nodes import Cluster
+
+pytestmark = [pytest.mark.cluster, pytest.mark.browser]
+
+PASSWORD = "a long pass phrase 42"
+WAIT_MS = 10_000
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script><b>bold?</b>'
+
+# A stand-in for the browser's Notification (headless chromium shows none): it records what
+# the page asks for, and its permission starts at "default" as a new site's does.
+NOTIFICATION_SPY = """
+window.__notes = [];
+window.Notification = class {
+  static permission = "default";
+  static async requestPermission() { window.Notification.permission = "granted"; return "granted"; }
+  constructor(title, options) { window.__notes.push({ title, body: options && options.body }); }
+  addEventListener() {}
+  close() {}
+};
+"""
+
+# The page going out of view and back (a headless page is always "visible").
+SET_VISIBILITY = """(value) => {
+  Object.defineProperty(document, "visibilityState", {get: () => value, configurable: true});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def expect_(locator: Any) -> Any:
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+def sign_up(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/accounts/signup/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password confirmation").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect_(page.locator(".who")).to_have_text(username)
+
+
+def log_in(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    expect_(page.locator(".who")).to_have_text(username)
+
+
+def open_room(page: Any, base: str, slug: str, node: str) -> None:
+    page.goto(f"{base}/r/{slug}/")
+    expect_(page.get_by_role("status")).to_have_text(f"Connected · {node}", timeout=WAIT_MS)
+
+
+def composer(page: Any) -> Any:
+    return page.get_by_role("textbox", name="Message")
+
+
+def say(page: Any, text: str) -> None:
+    """Type and send with the keyboard (Enter), as people do."""
+    box = composer(page)
+    box.fill(text)
+    box.press("Enter")
+
+
+def bodies(page: Any) -> list[str]:
+    return [str(t) for t in page.locator("#messages > .message .body").all_inner_texts()]
+
+
+def message(page: Any, text: str) -> Any:
+    return page.locator("#messages > .message").filter(has_text=text)
+
+
+def test_two_people_on_two_nodes(
+    cluster: Cluster,
+    browser_factory: Callable[..., Any],
+    shot: Callable[[Any, str], None],
+) -> None:
+    a, b = cluster.add("a"), cluster.add("b")
+    alice = browser_factory("alice")
+    alice.context.add_init_script(NOTIFICATION_SPY)
+    bob = browser_factory("bob", viewport=PHONE)
+
+    # Sign up and log in; alice creates the room from the home page.
+    sign_up(alice, a.http, "alice")
+    sign_up(bob, b.http, "bob")
+    bob.get_by_role("button", name="Log out").click()
+    log_in(bob, b.http, "bob")
+    alice.goto(f"{a.http}/")
+    alice.get_by_label("Slug").fill("book-club")
+    alice.get_by_label("Name").fill("Book club")
+    alice.get_by_role("button", name="Create room").click()
+    alice.wait_for_url(f"{a.http}/r/book-club/")
+    expect_(alice.get_by_role("status")).to_have_text("Connected · a", timeout=WAIT_MS)
+    open_room(bob, b.http, "book-club", "b")
+
+    # Presence, both ways, across nodes.
+    expect_(alice.locator("#online")).to_contain_text("bob", timeout=WAIT_MS)
+    expect_(bob.locator("#online")).to_contain_text("alice", timeout=WAIT_MS)
+    expect_(bob.locator("#online")).to_contain_text("bob (you)")
+
+    # Chat both ways; a day line above the first message.
+    say(alice, "hello from node a")
+    expect_(message(bob, "hello from node a")).to_be_visible()
+    composer(bob).press_sequentially("hi", delay=20)
+    expect_(alice.locator("#typing")).to_have_text("bob is typing…")
+    composer(bob).press("Enter")
+    expect_(message(alice, "hi")).to_be_visible()
+    assert bodies(alice) == bodies(bob) == ["hello from node a", "hi"]
+    expect_(alice.locator("#messages > .day").first).to_have_text("Today")
+    shot(alice, "1-chat-desktop")
+    shot(bob, "1-chat-phone")
+
+    # Edit (ArrowUp in the empty composer edits one's last message) and delete.
+    composer(alice).press("ArrowUp")
+    edit_box = alice.locator(".edit-form textarea")
+    edit_box.fill("hello from node a, edited")
+    edit_box.press("Enter")
+    expect_(message(bob, "hello from node a, edited").locator(".edited")).to_be_visible()
+    bob.on("dialog", lambda dialog: dialog.accept())
+    message(bob, "hi").hover()  # the actions show on hover or focus
+    message(bob, "hi").get_by_role("button", name="Delete").click()
+    expect_(alice.locator("#messages > .message.deleted .body")).to_have_text("message deleted")
+
+    # Notifications are asked for by a click, never on load.
+    assert alice.evaluate("Notification.permission") == "default"
+    alice.get_by_role("button", name="Notify me of mentions").click()
+    expect_(alice.get_by_role("button", name="Notify me of mentions")).to_be_hidden()
+
+    # A mention, completed from presence with the keyboard, with a link; alice is not looking.
+    alice.evaluate("document.hasFocus = () => false")
+    composer(bob).press_sequentially("@al", delay=20)
+    option = bob.get_by_role("option", name="alice")
+    expect_(option).to_be_visible()
+    shot(bob, "2-mention-completion-phone")
+    composer(bob).press("Enter")  # takes the name; does not send
+    expect_(composer(bob)).to_have_value("@alice ")
+    composer(bob).press_sequentially("see https://example.com/a?b=1, ok", delay=5)
+    composer(bob).press("Enter")
+    mention = message(alice, "see https://example.com/a?b=1")
+    expect_(mention).to_have_class(re.compile(r"\bmentions-me\b"))
+    expect_(mention.locator(".mention.me")).to_have_text("@alice")
+    link = mention.get_by_role("link", name="https://example.com/a?b=1")
+    expect_(link).to_have_attribute("href", "https://example.com/a?b=1")
+    expect_(link).to_have_attribute("rel", "noopener noreferrer")
+    alice.wait_for_function("window.__notes.length === 1", timeout=WAIT_MS)
+    note = alice.evaluate("window.__notes[0]")
+    assert note["title"] == "bob mentioned you in Book club"
+    assert note["body"].startswith("@alice see https://example.com")
+
+    # HTML and script in a body stay text: nothing runs, no element is made of it.
+    say(bob, XSS)
+    expect_(alice.locator("#messages > .message .body").last).to_have_text(XSS)
+    assert alice.evaluate("window.__pwned") is None
+    assert bob.evaluate("window.__pwned") is None
+    assert alice.locator("#messages img, #messages script, #messages b").count() == 0
+    shot(alice, "3-mention-link-and-inert-html")
+
+    # Unread: while alice is on the home page, bob writes twice; the count shows there...
+    alice.goto(f"{a.http}/")
+    say(bob, "unread one")
+    say(bob, "unread two")
+    expect_(message(bob, "unread two")).to_be_visible()
+    expect_(bob.get_by_role("status")).to_have_text("Connected · b")
+    alice.reload()
+    badge = alice.locator('.unread-count[data-room="book-club"]')
+    expect_(badge).to_have_text("2 unread messages")
+    shot(alice, "4-home-unread")
+
+    # ... and the room opens on a "new messages" line above the first of them.
+    with alice.expect_response(lambda r: r.url.endswith("/r/book-club/read")) as report:
+        alice.get_by_role("link", name=re.compile("Book club")).click()
+    assert report.value.ok, "what was seen is recorded"
+    divider = alice.get_by_role("separator", name="New messages")
+    expect_(divider).to_be_visible(timeout=WAIT_MS)
+    after_divider = alice.locator("#new-messages + .message .body")
+    expect_(after_divider).to_have_text("unread one")
+    shot(alice, "5-new-messages-line")
+
+    # Read now: the home page shows no count for the room any more.
+    alice.wait_for_function("document.title === 'Book club · Chat'")
+    alice.goto(f"{a.http}/")
+    expect_(alice.locator('.unread-count[data-room="book-club"]')).to_have_count(0)
+
+    # The tab title counts what arrives while the page is hidden.
+    open_room(alice, a.http, "book-club", "a")
+    alice.evaluate(SET_VISIBILITY, "hidden")
+    say(bob, "while away")
+    alice.wait_for_function("document.title === '(1) Book club · Chat'", timeout=WAIT_MS)
+    alice.evaluate(SET_VISIBILITY, "visible")
+    alice.wait_for_function("document.title === 'Book club · Chat'", timeout=WAIT_MS)
+    expect_(alice.locator("#new-messages + .message .body")).to_have_text("while away")
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_node_drained_mid_chat_page_moves_to_the_other_node(
+    cluster: Cluster,
+    browser_factory: Callable[..., Any],
+    balancer_factory: Callable[[list[int]], Any],
+    shot: Callable[[Any, str], None],
+) -> None:
+    """Alice's page is behind a balancer (node a first, then b); bob is on b. Node a drains
+    (SIGTERM) while both write; alice's page reconnects through the balancer to b and shows
+    every message once, in order: the same list as bob's and as the events API."""
+    cluster.create_room("lobby")
+    a, b = cluster.add("a"), cluster.add("b")
+    front = balancer_factory([a.port, b.port])
+    alice = browser_factory("alice")
+    bob = browser_factory("bob", viewport=PHONE)
+    sign_up(alice, front.url, "alice")
+    sign_up(bob, b.http, "bob")
+    open_room(alice, front.url, "lobby", "a")
+    open_room(bob, b.http, "lobby", "b")
+    expect_(alice.locator("#online")).to_contain_text("bob", timeout=WAIT_MS)
+
+    expected = []
+    for i in range(3):
+        for page, who in ((alice, "alice"), (bob, "bob")):
+            say(page, f"{who} {i}")
+            expected.append(f"{who} {i}")
+    expect_(alice.locator("#messages > .message:not(.unsent)")).to_have_count(6)
+
+    a.signal(signal.SIGTERM)  # drain: a hands its rooms over and closes sockets with 1012
+    for i in range(3, 6):
+        say(bob, f"bob {i}")
+        expected.append(f"bob {i}")
+        say(alice, f"alice {i}")  # queued while alice's page moves, re-sent once: acked once
+        expected.append(f"alice {i}")
+    expect_(alice.get_by_role("status")).to_have_text("Connected · b", timeout=30_000)
+    assert a.process is not None and a.process.wait(30) == 0
+
+    bob_sees = bob.locator("#messages > .message:not(.unsent) .body")
+    alice_sees = alice.locator("#messages > .message:not(.unsent) .body")
+    expect_(bob_sees).to_have_count(12, timeout=WAIT_MS)
+    expect_(alice_sees).to_have_count(12, timeout=WAIT_MS)
+    shot(alice, "1-after-drain-desktop")
+    shot(bob, "1-after-drain-phone")
+    for page in (alice, bob):
+        assert sorted(bodies(page)) == sorted(expected), "every message once"
+        assert len(set(bodies(page))) == 12
+    assert bodies(alice) == bodies(bob), "the same order on both pages"
+    status, log = b.get("/api/rooms/lobby/events?after=0")
+    assert status == 200
+    in_log = [e["body"] for e in log["events"] if e["type"] == "message"]
+    assert bodies(alice) == in_log, "in the log's order"
+    # Each person's own messages keep the order they were written in.
+    for who in ("alice", "bob"):
+        own = [t for t in bodies(alice) if t.startswith(who)]
+        assert own == [f"{who} {i}" for i in range(6)]
+    assert b.port in front.routed[front.routed.index(a.port) :], "the balancer moved it to b"
+    assert alice.js_errors == [] and bob.js_errors == []
+
+
+def test_scrolling_up_loads_older_messages(
+    cluster: Cluster,
+    browser_factory: Callable[..., Any],
+    shot: Callable[[Any, str], None],
+) -> None:
+    """A room with more history than the page opens on: scrolling up fetches the rest with
+    ``before=``, in order, once each, ending at the first message."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.client import ChatClient
+
+    cluster.create_room("history")
+    a = cluster.add("a", CHAT_RATE_LIMIT="100000/1")
+
+    async def fill() -> None:
+        bot = ChatClient(a.ws, "history", "filler")
+        await bot.connect()
+        for i in range(260):
+            await bot.send(f"old {i:03d}")
+        await bot.wait_for(lambda: len(bot.acks) == 260, timeout=60)
+        await bot.close()
+
+    # Its own thread: Playwright's sync API keeps an event loop on this one.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, fill()).result(120)
+    page = browser_factory("reader", viewport=PHONE)
+    sign_up(page, a.http, "reader")
+    open_room(page, a.http, "history", "a")
+    expect_(page.locator("#messages > .message").last).to_have_text(re.compile("old 259"))
+    first = page.locator("#messages > .message .body").first
+    for _ in range(20):  # bounded: each round loads a page of 100 or finds the start
+        if first.inner_text() == "old 000":
+            break
+        older = page.locator("#messages > .message").count()
+        page.locator("#messages").evaluate("list => { list.scrollTop = 0; }")
+        expect_(page.locator("#messages > .message")).not_to_have_count(older, timeout=WAIT_MS)
+    expect_(first).to_have_text("old 000")
+    assert bodies(page) == [f"old {i:03d}" for i in range(260)]
+    expect_(page.get_by_role("button", name="Load older messages")).to_be_hidden()
+    shot(page, "1-scrolled-to-the-start")
+    assert page.js_errors == []
