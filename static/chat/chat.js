@@ -80,6 +80,7 @@ const state = {
   retryTimer: null,
   lastError: null, // the last error frame without a client_id: it explains a 4403 close
   lastTypingSent: 0,
+  connectedText: "Connected",
   retryAt: 0, // when the next reconnect is due (the status counts down to it)
   countdown: null,
   // Reading.
@@ -774,7 +775,8 @@ function onHello(hello) {
       renderMessage(record);
     }
   }
-  setStatus("ok", `Connected${hello.node ? ` · ${hello.node}` : ""}`);
+  state.connectedText = `Connected${hello.node ? ` · ${hello.node}` : ""}`;
+  setStatus("ok", state.connectedText);
   renderIdentity();
   renderNotifyButton();
   markSeen();
@@ -841,10 +843,14 @@ window.addEventListener("pageshow", (e) => {
 });
 
 window.addEventListener("online", () => {
-  if (!state.socket && canChat()) connect(); // no need to wait the backoff out
+  if (!canChat()) return;
+  if (socketReady()) setStatus("ok", state.connectedText);
+  else if (!state.socket) connect(); // no need to wait the backoff out
 });
+// The browser knows it has no network: say so at once (the socket, if it still looks open,
+// is of no use until the network is back).
 window.addEventListener("offline", () => {
-  if (!socketReady()) showOffline();
+  if (canChat()) showOffline();
 });
 if (el.retryNow) el.retryNow.addEventListener("click", () => connect());
 

@@ -311,3 +311,51 @@ def test_scrolling_up_loads_older_messages(
     expect_(page.get_by_role("button", name="Load older messages")).to_be_hidden()
     shot(page, "1-scrolled-to-the-start")
     assert page.js_errors == []
+
+
+def test_connection_states_are_always_shown(
+    cluster: Cluster,
+    browser_factory: Callable[..., Any],
+    shot: Callable[[Any, str], None],
+) -> None:
+    """Connected (to which node), offline, reconnecting with a countdown and a "Retry now"
+    button, and read only: the status line says which, and its button works."""
+    cluster.create_room("lobby")
+    a = cluster.add("a")
+    page = browser_factory("carol", viewport=PHONE)
+    sign_up(page, a.http, "carol")
+    open_room(page, a.http, "lobby", "a")
+    status = page.get_by_role("status")
+
+    page.context.set_offline(True)
+    expect_(status).to_have_text("Offline: waiting for the network")
+    shot(page, "1-offline")
+    page.context.set_offline(False)
+    expect_(status).to_have_text("Connected · a", timeout=WAIT_MS)
+
+    a.kill()  # no node at all: the page counts down to its next attempt
+    expect_(status).to_have_text(re.compile(r"^Reconnecting in \d+ s…$"), timeout=WAIT_MS)
+    retry = page.get_by_role("button", name="Retry now")
+    expect_(retry).to_be_visible()
+    shot(page, "2-reconnecting")
+    say(page, "written while the node was down")
+    # "Retry now" tries at once: with two seconds or more left on the countdown, a socket
+    # opened within one second is the button's doing.
+    expect_(status).to_have_text(re.compile(r"^Reconnecting in ([2-9]|\d\d) s…$"), timeout=30_000)
+    with page.expect_websocket(timeout=1000):
+        retry.click()
+    a.start()  # the same address again; the page's next attempt finds it
+    expect_(status).to_have_text("Connected · a", timeout=30_000)
+    expect_(retry).to_be_hidden()
+    expect_(message(page, "written while the node was down")).not_to_have_class(
+        re.compile(r"\bunsent\b"), timeout=WAIT_MS
+    )
+
+    reader = browser_factory("anonymous")
+    closed = cluster.add("closed", CHAT_ALLOW_GUESTS="0")
+    reader.goto(f"{closed.http}/r/lobby/")
+    expect_(reader.get_by_role("status")).to_have_text("Read only: log in to chat")
+    expect_(reader.get_by_role("textbox", name="Message")).to_have_count(0)
+    expect_(message(reader, "written while the node was down")).to_be_visible()
+    shot(reader, "3-read-only")
+    assert page.js_errors == [] and reader.js_errors == []
