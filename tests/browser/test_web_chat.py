@@ -359,3 +359,58 @@ def test_connection_states_are_always_shown(
     expect_(message(reader, "written while the node was down")).to_be_visible()
     shot(reader, "3-read-only")
     assert page.js_errors == [] and reader.js_errors == []
+
+
+# What text.js makes of bodies: [kind, text, href (links) or whether it is the reader (mentions)].
+def T(text: str) -> list[Any]:
+    return ["text", text, None]
+
+
+def L(text: str, href: str | None = None) -> list[Any]:
+    return ["link", text, href or text]
+
+
+def M(text: str, me: bool = False) -> list[Any]:
+    return ["mention", text, me]
+
+
+TOKENS = [
+    ("plain text", [T("plain text")]),
+    ("go to https://a.example/x.", [T("go to "), L("https://a.example/x"), T(".")]),
+    ("(see http://a.example/p_(1)) ok",
+     [T("(see "), L("http://a.example/p_(1)"), T(") ok")]),
+    ("javascript:alert(1) and data:text/html,x", [T("javascript:alert(1) and data:text/html,x")]),
+    ("HTTPS://A.EXAMPLE", [L("HTTPS://A.EXAMPLE", "https://a.example/")]),
+    ('https://a.example/"onmouseover=alert(1)',
+     [L("https://a.example/"), T('"onmouseover=alert(1)')]),
+    ("hi @Dora Lee and @bob.", [T("hi "), M("@Dora Lee", True), T(" and "), M("@bob"), T(".")]),
+    ("mail dora@example.com", [T("mail dora@example.com")]),
+    ("@dorathy is not @dora lee", [M("@dorathy"), T(" is not "), M("@dora lee", True)]),
+    ("@dora alone", [M("@dora"), T(" alone")]),
+]  # fmt: skip
+
+
+def test_links_and_mentions_are_built_safely(
+    cluster: Cluster, browser_factory: Callable[..., Any]
+) -> None:
+    """text.js, in the browser: only http(s) URLs become links (href from the URL parser),
+    trailing punctuation stays text, mentions match whole names (the reader's may hold a
+    space), addresses are not mentions."""
+    a = cluster.add("a")
+    page = browser_factory("unit")
+    page.goto(f"{a.http}/")
+    found = page.evaluate(
+        """async ([cases, me]) => {
+          const { tokenize, mentions } = await import("/static/chat/text.js");
+          return {
+            pieces: cases.map((body) => tokenize(body, me).map((p) =>
+              [p.kind, p.text, p.kind === "link" ? p.href : p.kind === "mention" ? p.me : null])),
+            mentions: [mentions("hey @DORA lee!", me), mentions("hey @dora leeds", me),
+                       mentions("x@dora lee", me)],
+          };
+        }""",
+        [[body for body, _ in TOKENS], "Dora Lee"],
+    )
+    for (body, expected), got in zip(TOKENS, found["pieces"], strict=True):
+        assert got == expected, body
+    assert found["mentions"] == [True, False, False]
