@@ -982,6 +982,8 @@ async function start() {
     }
   }
   state.live = true;
+  // A first visit has nothing "new": what is there is history, counted nowhere.
+  if (config.lastRead === null || config.lastRead === undefined) state.seenSeq = state.lastSeq;
   decorateNow();
   // Open at the "new messages" line when there is one, else at the end.
   const divider = document.getElementById("new-messages");

@@ -276,25 +276,9 @@ def test_scrolling_up_loads_older_messages(
 ) -> None:
     """A room with more history than the page opens on: scrolling up fetches the rest with
     ``before=``, in order, once each, ending at the first message."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tests.support.client import ChatClient
-
     cluster.create_room("history")
     a = cluster.add("a", CHAT_RATE_LIMIT="100000/1")
-
-    async def fill() -> None:
-        bot = ChatClient(a.ws, "history", "filler")
-        await bot.connect()
-        for i in range(260):
-            await bot.send(f"old {i:03d}")
-        await bot.wait_for(lambda: len(bot.acks) == 260, timeout=60)
-        await bot.close()
-
-    # Its own thread: Playwright's sync API keeps an event loop on this one.
-    with ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, fill()).result(120)
+    post_as_bot(a.ws, "history", "filler", [f"old {i:03d}" for i in range(260)])
     page = browser_factory("reader", viewport=PHONE)
     sign_up(page, a.http, "reader")
     open_room(page, a.http, "history", "a")
@@ -414,3 +398,51 @@ def test_links_and_mentions_are_built_safely(
     for (body, expected), got in zip(TOKENS, found["pieces"], strict=True):
         assert got == expected, body
     assert found["mentions"] == [True, False, False]
+
+
+def post_as_bot(node_ws: str, slug: str, name: str, bodies_: list[str]) -> None:
+    """Messages from a script client (no browser), on its own thread and event loop:
+    Playwright's sync API keeps one on the test's thread."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support.client import ChatClient
+
+    async def post() -> None:
+        client = ChatClient(node_ws, slug, name)
+        await client.connect()
+        for body in bodies_:
+            await client.send(body)
+        await client.wait_for(lambda: len(client.acks) == len(bodies_), timeout=60)
+        await client.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, post()).result(120)
+
+
+def test_a_guest_keeps_its_place_in_its_session(
+    cluster: Cluster,
+    browser_factory: Callable[..., Any],
+    shot: Callable[[Any, str], None],
+) -> None:
+    cluster.create_room("lobby")
+    a = cluster.add("a")
+    post_as_bot(a.ws, "lobby", "early", ["before the guest came"])
+    guest = browser_factory("guest", viewport=PHONE)
+    guest.goto(f"{a.http}/r/lobby/")
+    guest.get_by_label("Your display name").fill("visitor")
+    guest.get_by_role("button", name="Join").click()
+    expect_(guest.get_by_role("status")).to_have_text("Connected · a", timeout=WAIT_MS)
+    with guest.expect_response(lambda r: r.url.endswith("/r/lobby/read")) as report:
+        say(guest, "hello, I am new here")
+    assert report.value.ok
+
+    guest.goto(f"{a.http}/")
+    post_as_bot(a.ws, "lobby", "regular", ["welcome!", "@visitor say hi"])
+    guest.reload()
+    expect_(guest.locator('.unread-count[data-room="lobby"]')).to_have_text("2 unread messages")
+    guest.get_by_role("link", name=re.compile("lobby")).click()
+    expect_(guest.locator("#new-messages + .message .body")).to_have_text("welcome!")
+    expect_(message(guest, "@visitor say hi")).to_have_class(re.compile(r"\bmentions-me\b"))
+    shot(guest, "1-guest-new-messages")
+    assert guest.js_errors == []
