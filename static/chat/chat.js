@@ -14,6 +14,7 @@
 // messages" line, the tab title's count and mention notifications follow from it.
 
 import { MentionCompleter } from "./mentions.js";
+import { ReadReporter, notifyButton, notifyMention } from "./reading.js";
 import { mentions, renderBody } from "./text.js";
 import { decorate } from "./timeline.js";
 
@@ -23,7 +24,6 @@ const HISTORY_EVENTS = 200; // the page opens on the newest events; older ones l
 const OLDER_PAGE = 100; // events per scroll-back request
 const OLDER_AT_PX = 150; // scrolled this close to the top: load older messages
 const FILL_PAGES = 5; // at most this many scroll-back pages to fill a tall screen at start
-const READ_REPORT_MS = 800; // what was seen is reported at most this often
 const ORPHANS_KEPT = 1000; // edits and deletes kept for messages not loaded (yet)
 const PAGE_LIMIT = 250;
 const TYPING_SEND_MS = 2000; // at most one `typing` frame per this, while typing
@@ -90,8 +90,6 @@ const state = {
   orphans: new Map(), // message id -> edits and deletes of it seen before it was loaded
   newAfter: config.lastRead ?? null, // the "new messages" line goes above others' seqs > this
   seenSeq: config.lastRead ?? 0, // the highest seq the reader has had in front of them
-  reported: config.lastRead ?? 0, // the highest seq the server has been told about
-  reportTimer: null,
   live: false, // history is loaded: what arrives now is news (counted, notified)
   decorateQueued: false,
   stick: false, // keep the list at its end after the next decoration
@@ -244,7 +242,7 @@ function addMessage(ev) {
   placeConfirmed(record.node);
   applyOrphans(record);
   renderTyping();
-  if (state.live && record.seq > state.seenSeq && mentionsMe(record)) notifyMention(record);
+  if (state.live && record.seq > state.seenSeq && mentionsMe(record)) notifyMention(record, config);
   redecorate({ stick: atBottom });
   markSeen();
 }
@@ -439,35 +437,15 @@ function hasReader() {
   return Boolean(config.readUrl && (config.user || state.guestName));
 }
 
+const reporter = new ReadReporter(config.readUrl, config.lastRead ?? 0);
+
 // The reader has seen everything up to the newest event when the page is in view and the list
 // is at its end; then the title's count clears and the server hears of it (soon, once).
 function markSeen() {
   if (!state.live || !pageInView() || !nearBottom()) return;
   if (state.lastSeq > state.seenSeq) state.seenSeq = state.lastSeq;
   renderTitle();
-  if (state.seenSeq > state.reported && hasReader() && !state.reportTimer) {
-    state.reportTimer = setTimeout(reportRead, READ_REPORT_MS);
-  }
-}
-
-async function reportRead() {
-  state.reportTimer = null;
-  const seq = state.seenSeq;
-  if (seq <= state.reported || !hasReader()) return;
-  const body = new FormData();
-  body.set("seq", String(seq));
-  const token = document.querySelector("input[name=csrfmiddlewaretoken]");
-  try {
-    const response = await fetch(config.readUrl, {
-      method: "POST",
-      body,
-      headers: { "X-CSRFToken": token ? token.value : "" },
-      keepalive: true, // a report made as the page goes away still arrives
-    });
-    if (response.ok) state.reported = Math.max(state.reported, (await response.json()).last_seq);
-  } catch {
-    // Not kept this time: the next message seen reports again.
-  }
+  if (hasReader()) reporter.seen(state.seenSeq);
 }
 
 function unseen() {
@@ -488,37 +466,7 @@ function renderTitle() {
   document.title = count ? `(${mentioned ? "@" : ""}${count}) ${BASE_TITLE}` : BASE_TITLE;
 }
 
-function notifyMention(record) {
-  if (!("Notification" in window) || Notification.permission !== "granted") return;
-  if (pageInView() && document.hasFocus()) return; // they see it already
-  const note = new Notification(`${record.user} mentioned you in ${config.name}`, {
-    body: record.body.slice(0, 200), // shown as text by the system
-    tag: `chat-${config.slug}-${record.id}`,
-  });
-  note.addEventListener("click", () => {
-    window.focus();
-    note.close();
-  });
-}
-
-function renderNotifyButton() {
-  if (!el.notify) return;
-  const supported = "Notification" in window;
-  el.notify.hidden = !supported || Notification.permission !== "default" || !canChat();
-}
-
-if (el.notify) {
-  // Asked for only when the reader presses the button, never on load.
-  el.notify.addEventListener("click", async () => {
-    try {
-      await Notification.requestPermission();
-    } finally {
-      renderNotifyButton();
-      if (Notification.permission === "denied") notice("Notifications are blocked for this site.");
-      if (Notification.permission === "granted") notice("You will be notified of mentions.");
-    }
-  });
-}
+const renderNotifyButton = el.notify ? notifyButton(el.notify, canChat, notice) : () => {};
 
 document.addEventListener("visibilitychange", () => {
   if (pageInView()) {
@@ -531,15 +479,8 @@ document.addEventListener("visibilitychange", () => {
     state.newAfter = state.lastSeq;
     redecorate();
   }
-  flushRead();
+  reporter.flush();
 });
-
-// The page goes out of view or away: what was seen is reported now, not after the delay.
-function flushRead() {
-  if (!state.reportTimer) return;
-  clearTimeout(state.reportTimer);
-  reportRead();
-}
 
 // Older events, just below the lowest one loaded, put above it without moving what is shown.
 async function loadOlder() {
@@ -836,7 +777,7 @@ function stop(reason) {
 // so others do not see us online until the server notices a dead socket.
 window.addEventListener("pagehide", () => {
   disconnect();
-  flushRead();
+  reporter.flush();
 });
 window.addEventListener("pageshow", (e) => {
   if (e.persisted && canChat() && !state.socket) connect();
