@@ -128,6 +128,7 @@ def test_two_people_on_two_nodes(
     expect_(alice.locator("#messages > .day").first).to_have_text("Today")
     shot(alice, "1-chat-desktop")
     shot(bob, "1-chat-phone")
+    assert bob.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], "no sideways"
 
     # Edit (ArrowUp in the empty composer edits one's last message) and delete.
     composer(alice).press("ArrowUp")
@@ -445,4 +446,5 @@ def test_a_guest_keeps_its_place_in_its_session(
     expect_(guest.locator("#new-messages + .message .body")).to_have_text("welcome!")
     expect_(message(guest, "@visitor say hi")).to_have_class(re.compile(r"\bmentions-me\b"))
     shot(guest, "1-guest-new-messages")
+    assert guest.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     assert guest.js_errors == []
