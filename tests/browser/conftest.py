@@ -87,7 +87,10 @@ def playwright_session(request: pytest.FixtureRequest) -> Iterator[Any]:
     reason = _ensure_chromium() or _ensure_playwright()
     if reason:
         pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    # Two cores shared with other work: a step may take seconds; a hang still fails.
+    expect.set_options(timeout=10_000)
 
     ARTIFACTS.mkdir(exist_ok=True)
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
