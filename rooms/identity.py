@@ -76,8 +76,8 @@ async def identify(scope: dict[str, Any], slug: str, guest_name: str | None) -> 
     guest = _session_guest(scope)
     if guest is not None and (guest_name is None or names.normalize(guest_name) == guest[1]):
         guest_id, name = guest
-        token = hashlib.sha256(f"{guest_id}:{slug}".encode()).hexdigest()[:24]
-        identity = Identity(name, principal=f"g:{token}", dedupe_as=f"g:{token}", is_guest=True)
+        principal = guest_principal(guest_id, slug)
+        identity = Identity(name, principal=principal, dedupe_as=principal, is_guest=True)
     elif guest_name is not None:
         problem = names.problem(guest_name)
         if problem:
@@ -90,6 +90,11 @@ async def identify(scope: dict[str, Any], slug: str, guest_name: str | None) -> 
     if await selectors.name_registered(identity.name):
         raise IdentityRefused("that name is too close to a registered user's; choose another")
     return identity
+
+
+def guest_principal(guest_id: str, slug: str) -> str:
+    """A session guest's principal in one room (not linkable from room to room)."""
+    return "g:" + hashlib.sha256(f"{guest_id}:{slug}".encode()).hexdigest()[:24]
 
 
 def _session_guest(scope: dict[str, Any]) -> tuple[str, str] | None:

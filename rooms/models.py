@@ -209,3 +209,22 @@ class ArchiveCursor(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room_id} archived up to {self.upto}"
+
+
+class ReadPosition(models.Model):
+    """The highest seq a registered user has seen in a room (the web chat's unread counts and
+    its "new messages" line). It only moves forward (``rooms.read_positions``). Guests keep
+    theirs in their session instead: no row per anonymous visitor."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="read_positions")
+    last_seq = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "room"], name="readposition_user_room")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} read {self.room_id} up to {self.last_seq}"

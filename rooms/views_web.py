@@ -25,10 +25,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from . import redis_admin, selectors, services
+from cluster.errors import CommandError
+
+from . import read_positions, redis_admin, selectors, services
 from .forms import RoomCreateForm, SignupForm
 from .login_throttle import LoginForm
 from .models import Room
+from .protocol import parse_seq
 
 logger = logging.getLogger("rooms.views_web")
 
@@ -41,18 +44,23 @@ ROOM_LIST_ID = "room-list"  # the element the home page polls (its HX-Target)
 class RoomRow:
     room: Room
     online: list[str] | None  # None: unknown (Redis unreachable)
+    unread: read_positions.Unread | None = None  # None: never read here, or unknown
 
 
-def room_rows(page: object = 1) -> tuple[list[RoomRow], bool]:
-    """One page of active rooms with who is online in each; the flag says whether the counts
-    are known."""
+def room_rows(page: object = 1, request: HttpRequest | None = None) -> tuple[list[RoomRow], bool]:
+    """One page of active rooms with who is online in each and, for a reader (``request``),
+    how many messages they have not read; the flag says whether the counts are known."""
     rooms = list(selectors.room_page(page))
+    slugs = [room.slug for room in rooms]
+    at = read_positions.positions(request, slugs) if request is not None else {}
     try:
-        stats = redis_admin.room_stats([room.slug for room in rooms])
+        stats = redis_admin.room_stats(slugs)
+        unread = read_positions.unread_counts(request, at) if request is not None else {}
     except STATS_ERRORS as exc:
         logger.warning("room list without live counts: %s", exc)
         return [RoomRow(room, None) for room in rooms], False
-    return [RoomRow(room, stats[room.slug].online) for room in rooms], True
+    rows = [RoomRow(room, stats[room.slug].online, unread.get(room.slug)) for room in rooms]
+    return rows, True
 
 
 def can_create_rooms(request: HttpRequest) -> bool:
@@ -69,7 +77,7 @@ def can_create_rooms(request: HttpRequest) -> bool:
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
     page = selectors.room_page(request.GET.get("page", 1))
-    rows, stats_ok = room_rows(page.number)
+    rows, stats_ok = room_rows(page.number, request)
     return {"rows": rows, "stats_ok": stats_ok, "room_list_id": ROOM_LIST_ID, "page": page}
 
 
@@ -142,6 +150,10 @@ def room(request: HttpRequest, slug: str) -> HttpResponse:
         "maxBody": settings.CHAT_MAX_BODY,
         "eventsUrl": reverse("api-room-events", args=[found.slug]),
         "searchUrl": reverse("api-room-search", args=[found.slug]),
+        # The last seq this reader saw (None: never here, or no reader); the page draws its
+        # "new messages" line above what follows and reports what it shows to readUrl.
+        "lastRead": read_positions.position(request, found.slug),
+        "readUrl": reverse("room-read", args=[found.slug]),
         "socketPath": f"/ws/rooms/{found.slug}/",
     }
     context = {
@@ -168,6 +180,38 @@ def room_guest(request: HttpRequest, slug: str) -> JsonResponse:
     except ValidationError as exc:
         return JsonResponse({"code": "bad_request", "detail": " ".join(exc.messages)}, status=422)
     return JsonResponse({"name": name})
+
+
+@require_POST
+def room_read(request: HttpRequest, slug: str) -> JsonResponse:
+    """Record the last seq the reader has seen in the room (form field ``seq``; CSRF as every
+    POST). 200 ``{"last_seq"}``: the position now, which never moves backwards; 400 for a
+    missing or malformed seq or one the room has not issued yet; 403 without a reader (log in
+    or join as a guest); 404 for an unknown or archived room; 503 when Redis cannot say."""
+    found = selectors.room_get(slug)
+    if found is None or found.archived:
+        raise Http404("No such room.")
+    if not read_positions.has_reader(request):
+        return _json_error(403, "forbidden", "log in or join as a guest to keep your place")
+    raw = request.POST.get("seq")
+    if raw is None:
+        return _json_error(400, "bad_request", "seq is required")
+    try:
+        seq = parse_seq("seq", raw)
+    except CommandError as exc:
+        return _json_error(400, exc.code, exc.detail)
+    try:
+        issued = read_positions.last_issued(found.slug)
+    except STATS_ERRORS as exc:
+        logger.warning("read position of %s not recorded: %s", slug, exc)
+        return _json_error(503, "unavailable", "the room's log cannot be read now; try again")
+    if seq > issued:
+        return _json_error(400, "bad_request", f"seq={seq} is above the room's last seq")
+    return JsonResponse({"last_seq": read_positions.record(request, found, seq)})
+
+
+def _json_error(status: int, code: str, detail: str) -> JsonResponse:
+    return JsonResponse({"code": code, "detail": detail}, status=status)
 
 
 @require_http_methods(["GET", "POST"])

@@ -5,14 +5,27 @@
 // of order. Commands wait in `pending` (client_id -> frame) until acked and are re-sent with the
 // same client_id after a reconnect; the server applies a client_id once and acks it again. They
 // leave one at a time, oldest first, so a retried one is never overtaken by a later one.
-// User text only ever reaches the page through textContent.
+// User text only ever reaches the page through textContent (text.js builds links and mentions
+// with DOM calls).
+//
+// Reading: the page opens on the newest events and loads older ones as the list is scrolled up
+// (the events API's `before=`). What the reader has seen (the page visible, the list at its
+// end) is reported to the server (`readUrl`, a position that never goes back); the "new
+// messages" line, the tab title's count and mention notifications follow from it.
+
+import { MentionCompleter } from "./mentions.js";
+import { ReadReporter, notifyButton, notifyMention } from "./reading.js";
+import { mentions, renderBody } from "./text.js";
+import { decorate } from "./timeline.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
-const HISTORY_EVENTS = 500; // the page opens on the newest events; older ones load on scroll-up
+const HISTORY_EVENTS = 200; // the page opens on the newest events; older ones load on scroll
+const OLDER_PAGE = 100; // events per scroll-back request
+const OLDER_AT_PX = 150; // scrolled this close to the top: load older messages
+const FILL_PAGES = 5; // at most this many scroll-back pages to fill a tall screen at start
+const ORPHANS_KEPT = 1000; // edits and deletes kept for messages not loaded (yet)
 const PAGE_LIMIT = 250;
-const OLDER_LIMIT = 100; // events per scroll-up page (`before=`)
-const OLDER_MARGIN_PX = 120; // scrolled this close to the top: load the page above
 const TYPING_SEND_MS = 2000; // at most one `typing` frame per this, while typing
 const TYPING_SHOW_MS = 3000; // how long "x is typing…" stays without a new one
 const BACKOFF_BASE_MS = 500;
@@ -22,6 +35,7 @@ const RETRY_MS = 2000; // `unavailable` or `rate_limited`: the same frame again 
 const RETRYABLE = new Set(["unavailable", "rate_limited"]);
 const NOTICE_MS = 8000;
 const GUEST_NAME_KEY = "chat.guestName";
+const BASE_TITLE = document.title;
 
 const $ = (id) => document.getElementById(id);
 const el = {
@@ -40,10 +54,13 @@ const el = {
   guestName: $("guest-name"),
   guestError: $("guest-error"),
   template: $("message-template"),
+  retryNow: $("retry-now"),
   older: $("older"),
   search: $("search"),
   searchQ: $("search-q"),
   searchResults: $("search-results"),
+  notify: $("notify"),
+  mentionList: $("mention-list"),
 };
 
 const state = {
@@ -52,12 +69,6 @@ const state = {
   canModerate: Boolean(config.isStaff), // may change anyone's messages (`hello` confirms)
   guestName: null,
   lastSeq: 0,
-  // Seqs up to here are not loaded (older than the page opened on); 0: nothing older.
-  olderThan: 0,
-  loadingOlder: false,
-  // The newest edit or delete seen of a message not loaded yet (id -> event): applied when a
-  // scroll-up brings the message itself.
-  orphanChanges: new Map(),
   messages: new Map(), // message id -> record
   unconfirmed: new Map(), // client_id of an own send not yet seen as a `message` -> record
   pending: new Map(), // client_id -> {frame, record}, oldest first, until acked or refused
@@ -72,7 +83,21 @@ const state = {
   retryTimer: null,
   lastError: null, // the last error frame without a client_id: it explains a 4403 close
   lastTypingSent: 0,
+  connectedText: "Connected",
+  retryAt: 0, // when the next reconnect is due (the status counts down to it)
+  countdown: null,
+  // Reading.
+  firstSeq: null, // the lowest seq loaded (older ones are fetched on scroll)
+  noOlder: true,
+  loadingOlder: null, // the running scroll-back request
+  orphans: new Map(), // message id -> edits and deletes of it seen before it was loaded
+  newAfter: config.lastRead ?? null, // the "new messages" line goes above others' seqs > this
+  seenSeq: config.lastRead ?? 0, // the highest seq the reader has had in front of them
+  live: false, // history is loaded: what arrives now is news (counted, notified)
+  decorateQueued: false,
+  stick: false, // keep the list at its end after the next decoration
 };
+const recordOfNode = new WeakMap();
 
 // -- small helpers ---------------------------------------------------------------------------
 
@@ -86,6 +111,18 @@ function newClientId() {
 function setStatus(kind, text) {
   el.status.dataset.state = kind;
   el.status.textContent = text;
+  if (kind !== "retry") {
+    clearInterval(state.countdown);
+    state.countdown = null;
+  }
+  if (el.retryNow) el.retryNow.hidden = kind !== "retry";
+}
+
+// Reconnecting: the status counts the seconds down, and "Retry now" skips the wait.
+function showCountdown() {
+  const left = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+  setStatus("retry", left ? `Reconnecting in ${left} s…` : "Reconnecting…");
+  if (!state.countdown) state.countdown = setInterval(showCountdown, 1000);
 }
 
 // A line above the messages; it fades after a while unless it stays true (`sticky`).
@@ -114,6 +151,7 @@ function scrollToBottom() {
 function buildNode(record) {
   const node = el.template.content.firstElementChild.cloneNode(true);
   record.node = node;
+  recordOfNode.set(node, record);
   renderMessage(record);
   return node;
 }
@@ -145,10 +183,37 @@ function renderMessage(r) {
   n.querySelector(".state").textContent = r.failed || r.busy || (r.id ? "" : "sending…");
   if (!n.querySelector(".edit-form")) {
     const gone = r.deletedBy ? `message deleted by moderator ${r.deletedBy}` : "message deleted";
-    n.querySelector(".body").textContent = r.deleted ? gone : r.body;
+    const body = n.querySelector(".body");
+    if (r.deleted) body.textContent = gone;
+    else renderBody(body, r.body, state.me);
   }
+  n.classList.toggle("mentions-me", mentionsMe(r));
   const mayChange = r.id && !r.deleted && (own || state.canModerate) && canChat() && !r.failed;
   n.querySelector(".actions").hidden = !mayChange;
+}
+
+function mentionsMe(r) {
+  return Boolean(r.body && !r.deleted && !isOwn(r) && mentions(r.body, state.me));
+}
+
+// Day lines and the "new messages" line, once per burst of changes (a microtask later).
+function redecorate({ stick = false } = {}) {
+  state.stick = state.stick || stick;
+  if (state.decorateQueued) return;
+  state.decorateQueued = true;
+  queueMicrotask(decorateNow);
+}
+
+function decorateNow() {
+  state.decorateQueued = false;
+  const recordOf = (node) => {
+    const r = recordOfNode.get(node);
+    return r && { seq: r.seq, ts: r.ts, own: isOwn(r) };
+  };
+  decorate(el.messages, recordOf, state.newAfter);
+  if (state.stick) scrollToBottom();
+  state.stick = false;
+  renderTitle();
 }
 
 // Messages in seq order first, then own sends that have no place yet (no `message` frame seen).
@@ -178,8 +243,11 @@ function addMessage(ev) {
   }
   state.messages.set(ev.id, record);
   placeConfirmed(record.node);
+  applyOrphans(record);
   renderTyping();
-  if (atBottom) scrollToBottom();
+  if (state.live && record.seq > state.seenSeq && mentionsMe(record)) notifyMention(record, config);
+  redecorate({ stick: atBottom });
+  markSeen();
 }
 
 function applyEvent(ev) {
@@ -191,93 +259,31 @@ function applyEvent(ev) {
   }
   const record = state.messages.get(ev.id);
   if (!record) {
-    // Its message is older than what this page loaded: kept for when a scroll-up loads it.
-    const known = state.orphanChanges.get(ev.id);
-    if (!known || known.type !== "delete") state.orphanChanges.set(ev.id, ev);
+    keepOrphan(ev); // its message is older than what this page loaded (so far)
     return;
   }
-  applyChange(record, ev);
-  renderMessage(record);
+  changeMessage(record, ev);
+  redecorate();
 }
 
-function applyChange(record, ev) {
+function changeMessage(record, ev) {
   // A moderator's change shows as theirs, never as the author's own words.
   const by = ev.moderator ? ev.user : null;
   if (ev.type === "edit") Object.assign(record, { body: ev.body, edited: true, editedBy: by });
   if (ev.type === "delete") Object.assign(record, { deleted: true, deletedBy: by });
+  renderMessage(record);
 }
 
-// -- older messages (scroll-up) -------------------------------------------------------------
-
-function showOlder() {
-  el.older.hidden = state.olderThan <= 0;
-  el.older.disabled = state.loadingOlder;
+function keepOrphan(ev) {
+  if (state.orphans.size >= ORPHANS_KEPT && !state.orphans.has(ev.id)) return;
+  state.orphans.set(ev.id, [...(state.orphans.get(ev.id) || []), ev]);
 }
 
-// The page just above what is loaded (`before=`), put above the first message without moving
-// what the reader looks at. Its edits and deletes of messages it holds apply at once; those of
-// older messages wait in `orphanChanges` like live ones.
-async function loadOlder() {
-  if (state.loadingOlder || state.olderThan <= 0) return;
-  state.loadingOlder = true;
-  showOlder();
-  const before = state.olderThan + 1;
-  const low = Math.max(0, before - 1 - OLDER_LIMIT);
-  try {
-    const response = await fetch(`${config.eventsUrl}?before=${before}&limit=${OLDER_LIMIT}`, {
-      headers: { Accept: "application/json" },
-    });
-    if (!response.ok) throw new Error(`history: HTTP ${response.status}`);
-    const page = await response.json();
-    prependEvents(page.events.filter((ev) => ev.seq > low && ev.seq < before));
-    if (page.first_available && page.first_available > low + 1) {
-      notice("Earlier messages are no longer kept.", { sticky: true });
-      state.olderThan = 0;
-    } else {
-      state.olderThan = low;
-    }
-  } catch (error) {
-    notice("Older messages could not be loaded; scroll up to try again.");
-  } finally {
-    state.loadingOlder = false;
-    showOlder();
-  }
-}
-
-function prependEvents(events) {
-  const m = el.messages;
-  const anchor = m.firstElementChild;
-  const fromBottom = m.scrollHeight - m.scrollTop;
-  const changes = [];
-  for (const ev of events) {
-    if (ev.type !== "message") {
-      changes.push(ev);
-      continue;
-    }
-    if (state.messages.has(ev.id)) continue;
-    const record = {
-      id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts,
-      author: ev.author, guest: Boolean(ev.guest),
-    };
-    buildNode(record);
-    state.messages.set(ev.id, record);
-    m.insertBefore(record.node, anchor);
-  }
-  for (const ev of changes) {
-    const record = state.messages.get(ev.id);
-    if (record && !(record.deleted && ev.type === "edit")) applyChange(record, ev);
-  }
-  for (const [id, ev] of state.orphanChanges) {
-    const record = state.messages.get(id);
-    if (!record) continue;
-    applyChange(record, ev);
-    state.orphanChanges.delete(id);
-  }
-  for (const ev of events) {
-    const record = ev.type === "message" ? state.messages.get(ev.id) : null;
-    if (record) renderMessage(record);
-  }
-  m.scrollTop = m.scrollHeight - fromBottom; // the reader's view stays where it was
+function applyOrphans(record) {
+  const later = state.orphans.get(record.id);
+  if (!later) return;
+  state.orphans.delete(record.id);
+  for (const ev of later) changeMessage(record, ev);
 }
 
 // -- commands --------------------------------------------------------------------------------
@@ -320,7 +326,7 @@ function sendMessage() {
   state.unconfirmed.set(clientId, record);
   el.messages.append(buildNode(record));
   record.node.classList.add("unplaced");
-  scrollToBottom();
+  redecorate({ stick: true });
   submit({ type: "send", body, client_id: clientId }, record);
   el.body.value = "";
   updateCounter();
@@ -424,6 +430,124 @@ el.messages.addEventListener("click", (e) => {
   }
 });
 
+// -- reading: what was seen, the title, notifications, older messages ------------------------
+
+function pageInView() {
+  return document.visibilityState === "visible";
+}
+
+function hasReader() {
+  return Boolean(config.readUrl && (config.user || state.guestName));
+}
+
+const reporter = new ReadReporter(config.readUrl, config.lastRead ?? 0);
+
+// The reader has seen everything up to the newest event when the page is in view and the list
+// is at its end; then the title's count clears and the server hears of it (soon, once).
+function markSeen() {
+  if (!state.live || !pageInView() || !nearBottom()) return;
+  if (state.lastSeq > state.seenSeq) state.seenSeq = state.lastSeq;
+  renderTitle();
+  if (hasReader()) reporter.seen(state.seenSeq);
+}
+
+function unseen() {
+  let count = 0;
+  let mentioned = false;
+  for (const r of state.messages.values()) {
+    if (r.seq > state.seenSeq && !r.deleted && !isOwn(r)) {
+      count += 1;
+      mentioned = mentioned || mentionsMe(r);
+    }
+  }
+  return { count, mentioned };
+}
+
+// "(3) Room · Chat"; "(@3)" when one of them mentions the reader.
+function renderTitle() {
+  const { count, mentioned } = unseen();
+  document.title = count ? `(${mentioned ? "@" : ""}${count}) ${BASE_TITLE}` : BASE_TITLE;
+}
+
+const renderNotifyButton = el.notify ? notifyButton(el.notify, canChat, notice) : () => {};
+
+document.addEventListener("visibilitychange", () => {
+  if (pageInView()) {
+    markSeen();
+    return;
+  }
+  // Away: what arrives from now on goes under a new "new messages" line, unless an earlier
+  // line still marks messages not seen yet.
+  if (!unseen().count) {
+    state.newAfter = state.lastSeq;
+    redecorate();
+  }
+  reporter.flush();
+});
+
+// Older events, just below the lowest one loaded, put above it without moving what is shown.
+async function loadOlder() {
+  if (state.loadingOlder || state.noOlder) return state.loadingOlder;
+  state.loadingOlder = (async () => {
+    renderOlder("Loading older messages…");
+    try {
+      const before = state.firstSeq;
+      const page = await getJSON(`${config.eventsUrl}?before=${before}&limit=${OLDER_PAGE}`);
+      const older = page.events.filter((ev) => ev.seq < before);
+      const kept = page.first_available || 1;
+      if (older.length) {
+        const list = el.messages;
+        const fromBottom = list.scrollHeight - list.scrollTop;
+        prependEvents(older);
+        state.firstSeq = older[0].seq;
+        decorateNow();
+        list.scrollTop = list.scrollHeight - fromBottom;
+      }
+      state.noOlder = !older.length || state.firstSeq <= kept;
+    } catch {
+      notice("Could not load older messages; scroll up to try again.");
+    } finally {
+      state.loadingOlder = null;
+      renderOlder();
+    }
+  })();
+  return state.loadingOlder;
+}
+
+function prependEvents(events) {
+  const anchor = el.messages.querySelector(":scope > .message");
+  for (const ev of events) {
+    if (ev.type === "message" && !state.messages.has(ev.id)) {
+      const record = { id: ev.id, seq: ev.seq, user: ev.user, body: ev.body, ts: ev.ts };
+      Object.assign(record, { author: ev.author, guest: Boolean(ev.guest) });
+      el.messages.insertBefore(buildNode(record), anchor);
+      state.messages.set(ev.id, record);
+    } else if (ev.type !== "message") {
+      const record = state.messages.get(ev.id);
+      if (record) changeMessage(record, ev);
+    }
+  }
+  // Edits and deletes that came later, while these messages were not loaded.
+  for (const ev of events) {
+    const record = ev.type === "message" ? state.messages.get(ev.id) : null;
+    if (record) applyOrphans(record);
+  }
+}
+
+function renderOlder(busy) {
+  if (!el.older) return;
+  el.older.hidden = state.noOlder && !busy;
+  el.older.disabled = Boolean(busy);
+  el.older.textContent = busy || "Load older messages";
+}
+
+if (el.older) el.older.addEventListener("click", () => loadOlder());
+if (el.search) el.search.addEventListener("submit", search);
+el.messages.addEventListener("scroll", () => {
+  if (el.messages.scrollTop < OLDER_AT_PX && state.live) loadOlder();
+  markSeen();
+});
+
 // -- presence and typing ---------------------------------------------------------------------
 
 function renderOnline() {
@@ -470,6 +594,21 @@ function canChat() {
   return !state.stopped && Boolean(config.user || (config.guestsAllowed && state.guestName));
 }
 
+if (el.composer && el.mentionList) {
+  // Before the composer's own keys, so that Enter picks a name while the list is open.
+  new MentionCompleter(el.body, el.mentionList, () =>
+    [...state.online].filter((name) => name !== state.me),
+  );
+}
+
+// ArrowUp in an empty composer edits one's last message, as in most chat apps.
+function editLastOwn() {
+  const own = [...state.messages.values()].filter((r) => r.id && !r.deleted && isOwn(r));
+  const last = own.sort((a, b) => (a.seq || 0) - (b.seq || 0)).at(-1);
+  if (last) startEdit(last);
+  return Boolean(last);
+}
+
 if (el.composer) {
   el.composer.addEventListener("submit", (e) => {
     e.preventDefault();
@@ -479,6 +618,8 @@ if (el.composer) {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       sendMessage();
+    } else if (e.key === "ArrowUp" && !el.body.value && editLastOwn()) {
+      e.preventDefault();
     }
   });
   el.body.addEventListener("input", () => {
@@ -579,8 +720,11 @@ function onHello(hello) {
       renderMessage(record);
     }
   }
-  setStatus("ok", `Connected${hello.node ? ` · ${hello.node}` : ""}`);
+  state.connectedText = `Connected${hello.node ? ` · ${hello.node}` : ""}`;
+  setStatus("ok", state.connectedText);
   renderIdentity();
+  renderNotifyButton();
+  markSeen();
   state.inflight = null;
   pump(); // what was not acked goes again, same client_id: the server applies it once
 }
@@ -607,11 +751,20 @@ function onClose(code) {
     stop(reason ? `You can't join: ${reason}` : "This room is closed.");
     return;
   }
+  if (!navigator.onLine) {
+    showOffline(); // the browser's "online" event reconnects
+    return;
+  }
   const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** state.attempt);
   const wait = ceiling / 2 + (Math.random() * ceiling) / 2;
   state.attempt += 1;
-  setStatus("wait", `Offline; reconnecting in ${Math.max(1, Math.round(wait / 1000))} s…`);
+  state.retryAt = Date.now() + wait;
   state.retryTimer = setTimeout(connect, wait);
+  showCountdown();
+}
+
+function showOffline() {
+  setStatus("bad", "Offline: waiting for the network");
 }
 
 function stop(reason) {
@@ -626,14 +779,25 @@ function stop(reason) {
 
 // Leave at once when the page goes away (and come back if the browser restores it from cache),
 // so others do not see us online until the server notices a dead socket.
-window.addEventListener("pagehide", () => disconnect());
+window.addEventListener("pagehide", () => {
+  disconnect();
+  reporter.flush();
+});
 window.addEventListener("pageshow", (e) => {
   if (e.persisted && canChat() && !state.socket) connect();
 });
 
 window.addEventListener("online", () => {
-  if (!state.socket && state.retryTimer && canChat()) connect(); // no need to wait it out
+  if (!canChat()) return;
+  if (socketReady()) setStatus("ok", state.connectedText);
+  else if (!state.socket) connect(); // no need to wait the backoff out
 });
+// The browser knows it has no network: say so at once (the socket, if it still looks open,
+// is of no use until the network is back).
+window.addEventListener("offline", () => {
+  if (canChat()) showOffline();
+});
+if (el.retryNow) el.retryNow.addEventListener("click", () => connect());
 
 // -- guests ----------------------------------------------------------------------------------
 
@@ -759,20 +923,23 @@ async function search(event) {
 
 // -- start -----------------------------------------------------------------------------------
 
-async function fetchEvents(after, limit) {
-  const response = await fetch(`${config.eventsUrl}?after=${after}&limit=${limit}`, {
-    headers: { Accept: "application/json" },
-  });
+async function getJSON(url) {
+  const response = await fetch(url, { headers: { Accept: "application/json" } });
   if (response.status === 404) throw new Error("gone");
   if (!response.ok) throw new Error(`history: HTTP ${response.status}`);
   return response.json();
+}
+
+function fetchEvents(after, limit) {
+  return getJSON(`${config.eventsUrl}?after=${after}&limit=${limit}`);
 }
 
 async function loadHistory() {
   if (state.lastSeq === 0) {
     const head = await fetchEvents(0, 1);
     state.lastSeq = Math.max(0, head.last_seq - HISTORY_EVENTS);
-    state.olderThan = state.lastSeq;
+    state.firstSeq = state.lastSeq + 1;
+    state.noOlder = state.lastSeq === 0 || (head.first_available || 1) > state.lastSeq;
   }
   for (;;) {
     const page = await fetchEvents(state.lastSeq, PAGE_LIMIT);
@@ -800,13 +967,20 @@ async function start() {
       await new Promise((resolve) => setTimeout(resolve, wait / 2 + (Math.random() * wait) / 2));
     }
   }
-  scrollToBottom();
-  showOlder();
-  el.older.addEventListener("click", loadOlder);
-  el.search.addEventListener("submit", search);
-  el.messages.addEventListener("scroll", () => {
-    if (el.messages.scrollTop < OLDER_MARGIN_PX) loadOlder();
-  });
+  state.live = true;
+  // A first visit has nothing "new": what is there is history, counted nowhere.
+  if (config.lastRead === null || config.lastRead === undefined) state.seenSeq = state.lastSeq;
+  decorateNow();
+  // Open at the "new messages" line when there is one, else at the end.
+  const divider = document.getElementById("new-messages");
+  if (divider) divider.scrollIntoView({ block: "start" });
+  else scrollToBottom();
+  for (let i = 0; i < FILL_PAGES && !state.noOlder; i += 1) {
+    if (el.messages.scrollHeight > el.messages.clientHeight + OLDER_AT_PX) break;
+    await loadOlder(); // a tall screen and a short page: fill it
+  }
+  renderOlder();
+  markSeen();
   if (config.user) {
     el.composer.hidden = false;
     renderIdentity();
@@ -817,7 +991,7 @@ async function start() {
     else if (saved && !guestNameProblem(saved)) joinAsGuest(saved);
     else askGuestName();
   } else {
-    setStatus("bad", "Read only: log in to chat");
+    setStatus("ro", "Read only: log in to chat");
   }
 }
 

@@ -260,6 +260,8 @@ def test_room_page_carries_the_js_module_and_its_config(alice: Client) -> None:
         "maxBody": 4000,
         "eventsUrl": "/api/rooms/lobby/events",
         "searchUrl": "/api/rooms/lobby/search",
+        "lastRead": None,
+        "readUrl": "/r/lobby/read",
         "socketPath": "/ws/rooms/lobby/",
     }
 
@@ -307,9 +309,26 @@ def test_room_page_404_for_archived_room(client: Client) -> None:
     assert client.get("/r/old/").status_code == 404
 
 
+CHAT_SCRIPTS = ("chat.js", "text.js", "mentions.js", "timeline.js", "reading.js")
+
+
 def test_static_files_are_there() -> None:
-    for path in ("chat/chat.js", "chat/chat.css", "vendor/htmx.min.js"):
+    paths = [f"chat/{name}" for name in CHAT_SCRIPTS] + ["chat/chat.css", "vendor/htmx.min.js"]
+    for path in paths:
         assert finders.find(path), path
+
+
+@pytest.mark.parametrize("name", CHAT_SCRIPTS)
+def test_chat_scripts_never_parse_html(name: str) -> None:
+    # User text reaches the page through textContent and DOM calls only (tests/browser checks
+    # the behaviour; this keeps the sinks out of the source).
+    found = finders.find(f"chat/{name}")
+    assert found
+    with open(found, encoding="utf-8") as source:
+        code = source.read()
+    for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(",
+                 "new Function", "createContextualFragment", "DOMParser"):  # fmt: skip
+        assert sink not in code, f"{name} uses {sink}"
 
 
 # -- accounts ------------------------------------------------------------------------------
