@@ -15,6 +15,8 @@ import dj_database_url
 from chatsite.channel_layers import channel_layers_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Templates and static files live inside the package, so an installed wheel carries them.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 # name -> one-line meaning; the single list of what this project reads from the environment.
 ENVIRONMENT: dict[str, str] = {
@@ -49,6 +51,8 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_TRUSTED_PROXIES": "comma-separated proxy addresses/networks whose X-Forwarded-For counts",
     "CHAT_ROOM_CREATORS": "who may create rooms: users (default), staff or anyone",
     "CHAT_ROOMS_PER_USER": "rooms one user (or guest session) may create",
+    # packaging (issue 12, item 5)
+    "CHAT_STATIC_ROOT": "where collectstatic writes and the node serves static files from",
 }
 
 
@@ -167,6 +171,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "chatsite.middleware.ProbeMiddleware",  # first: probes (and token scrapes) skip host check
     "django.middleware.security.SecurityMiddleware",
+    "chatsite.static_files.StaticFilesMiddleware",  # WhiteNoise: before sessions, no DB work
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -182,7 +187,8 @@ ASGI_APPLICATION = "chatsite.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # First, so the project's admin overrides win over the apps' own (as before the move).
+        "DIRS": [PACKAGE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -215,9 +221,25 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# -- static files (WhiteNoise; docs/packaging.md) ---------------------------------------------
+# The files are chatsite/static (found as the chatsite app's static folder). With DEBUG off they
+# are served from STATIC_ROOT under content-hashed names (cached for a year) and pre-compressed,
+# so `collectstatic` must have run (the image does it at build time; runnode refuses to start
+# without its manifest). DEBUG serves the source files as they are: no collectstatic needed.
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"  # collectstatic target (the image runs it at build time)
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(_env("CHAT_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "chatsite.static_files.HashedStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG  # DEBUG: straight from chatsite/static, edits show at once
+WHITENOISE_AUTOREFRESH = DEBUG
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

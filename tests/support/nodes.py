@@ -41,6 +41,8 @@ def base_env(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "DATABASE_URL": f"sqlite:///{data_dir / 'chat.sqlite3'}",
             "CHAT_DATA_DIR": str(data_dir),
+            # The session's collected static files (tests/support/static_plugin.py).
+            "CHAT_STATIC_ROOT": os.environ.get("CHAT_STATIC_ROOT", ""),
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
             "PYTHONUNBUFFERED": "1",
             # Production settings (DEBUG off) on a test box: a key, SQLite allowed, plain http.
