@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Django's command-line utility for administrative tasks."""
+"""Django's command-line utility in a checkout; an installed wheel has ``clusterchat`` instead
+(chatsite/cli.py), which is the same thing."""
 
 import os
 import sys

@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP (Django, with static files) and WebSockets (Channels)."""
+"""ASGI entry point: HTTP (Django; static files by WhiteNoise, chatsite/static_files.py) and
+WebSockets (Channels)."""
 
 import os
 
@@ -10,15 +11,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from chatsite.origin import OriginCheck  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Static files are served by the node itself: one process, no extra web server needed.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
+        # Static files are served by the node itself (WhiteNoise middleware): no web server needed.
+        "http": django_asgi_app,
         # A foreign Origin is refused at the handshake (403) before any upgrade.
         "websocket": OriginCheck(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }

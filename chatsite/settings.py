@@ -15,6 +15,8 @@ import dj_database_url
 from chatsite.channel_layers import channel_layers_for
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# Templates and static files live inside the package, so an installed wheel carries them.
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 # name -> one-line meaning; the single list of what this project reads from the environment.
 ENVIRONMENT: dict[str, str] = {
@@ -52,6 +54,8 @@ ENVIRONMENT: dict[str, str] = {
     # history and the archive (issue 11)
     "CHAT_ARCHIVE_LAG_S": "seconds the database archive may lag the Redis log (bound)",
     "CHAT_RETENTION_DAYS": "days archived messages are kept (empty: forever); prune_history",
+    # packaging (issue 12, item 5)
+    "CHAT_STATIC_ROOT": "where collectstatic writes and the node serves static files from",
 }
 
 
@@ -196,6 +200,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "chatsite.middleware.ProbeMiddleware",  # first: probes (and token scrapes) skip host check
     "django.middleware.security.SecurityMiddleware",
+    "chatsite.static_files.StaticFilesMiddleware",  # WhiteNoise: before sessions, no DB work
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -211,7 +216,8 @@ ASGI_APPLICATION = "chatsite.asgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "templates"],
+        # First, so the project's admin overrides win over the apps' own (as before the move).
+        "DIRS": [PACKAGE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -244,9 +250,25 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# -- static files (WhiteNoise; docs/packaging.md) ---------------------------------------------
+# The files are chatsite/static (found as the chatsite app's static folder). With DEBUG off they
+# are served from STATIC_ROOT under content-hashed names (cached for a year) and pre-compressed,
+# so `collectstatic` must have run (the image does it at build time; runnode refuses to start
+# without its manifest). DEBUG serves the source files as they are: no collectstatic needed.
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"  # collectstatic target (the image runs it at build time)
-STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = Path(_env("CHAT_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "chatsite.static_files.HashedStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG  # DEBUG: straight from chatsite/static, edits show at once
+WHITENOISE_AUTOREFRESH = DEBUG
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"

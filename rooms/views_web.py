@@ -3,8 +3,8 @@
 Who may create a room is ``CHAT_ROOM_CREATORS`` (users, staff or anyone), at most
 ``CHAT_ROOMS_PER_USER`` each (``services.room_create_for``). A guest joins a room through the
 guest form, which keeps a guest id and the display name in the session. The room page
-renders no messages itself: ``static/chat/chat.js`` reads history from the events API and then
-follows the room's socket. Log in and log out are Django's own views (see ``urls_web``).
+renders no messages itself: ``chatsite/static/chat/chat.js`` reads history from the events API
+and then follows the room's socket. Log in and log out are Django's own views (see ``urls_web``).
 """
 
 from __future__ import annotations

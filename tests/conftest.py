@@ -16,6 +16,14 @@ from cluster.embedded import EmbeddedRedis
 settings.SECURE_SSL_REDIRECT = False
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_collected() -> None:
+    """Pages name their scripts by hashed name (DEBUG off): collectstatic once per session."""
+    from tests.support.static_plugin import collect_static
+
+    collect_static()
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """The Redis of the session: $TEST_REDIS_URL if set, else an embedded redis-server."""

