@@ -13,6 +13,7 @@ from pathlib import Path
 import dj_database_url
 
 from chatsite.channel_layers import channel_layers_for
+from chatsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -223,15 +224,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "cluster": {"level": CHAT_LOG_LEVEL},
-        "rooms": {"level": CHAT_LOG_LEVEL},
-        "chatsite": {"level": CHAT_LOG_LEVEL},
-    },
-}
+# Logs (chatsite/logs.py): plain lines, or JSON lines with node, room and connection fields.
+ENVIRONMENT["CHAT_LOG_JSON"] = "true: one JSON object per log line (for a log collector)"
+CHAT_LOG_JSON = _env_bool("CHAT_LOG_JSON", False)
+LOGGING = logging_config(json_lines=CHAT_LOG_JSON, level=CHAT_LOG_LEVEL)

@@ -44,9 +44,7 @@ class Fanout:
         stats: NodeStats | None = None,
     ) -> None:
         self._locks = RoomLocks()
-        self.delivery = Delivery(
-            redis, hub, log, node, on_presence=self._on_presence, stats=stats
-        )
+        self.delivery = Delivery(redis, hub, log, node, on_presence=self._on_presence, stats=stats)
         self.presence = Presence(
             redis,
             node,

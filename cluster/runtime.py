@@ -349,9 +349,7 @@ class ClusterRuntime:
 
     async def _on_membership(self, joined: set[str], left: set[str]) -> None:
         for node in sorted(joined - {self.node}):
-            logger.info(
-                "node %s joined", node, extra={"event": "peer_joined", "peer": node}
-            )
+            logger.info("node %s joined", node, extra={"event": "peer_joined", "peer": node})
         for node in sorted(left):
             logger.info("node %s left", node, extra={"event": "peer_left", "peer": node})
         if left:

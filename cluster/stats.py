@@ -83,6 +83,21 @@ class NodeStats:
     socket_deliveries: int = 0
     # Redis failures seen while serving commands (the append may or may not have landed).
     room_server_redis_errors: int = 0
+    # Sockets admitted to a room on this node, and sockets ended by close code (the code the
+    # node sent, else the client's; a code outside KNOWN_CLOSE_CODES counts as "other").
+    sockets_opened: int = 0
+    socket_closes: Counter[str] = field(default_factory=Counter)
+    # Sockets the node closed with 1013 because their client did not read (slow consumers).
+    slow_consumers_closed: int = 0
 
     def count_command(self, kind: str, outcome: str) -> None:
         self.commands[(kind, outcome)] += 1
+
+    def count_close(self, code: int) -> None:
+        # A client may send any code from 1000 to 4999: a label per code would be unbounded.
+        self.socket_closes[str(code) if code in KNOWN_CLOSE_CODES else "other"] += 1
+
+
+# Close codes the node sends or a browser commonly does (1000 normal, 1001 going away,
+# 1006 no close frame, 1011 internal, 1012 draining, 1013 too slow, 44xx refusals).
+KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1006, 1011, 1012, 1013, 4403, 4404, 4429})
