@@ -18,7 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import ChatClient
-from tests.support.nodes import ROOT, Cluster, Node
+from tests.support.nodes import ROOT, Cluster, Node, manage
 
 ROOMS = [f"m{i}" for i in range(8)]
 DASHBOARD = ROOT / "docs" / "grafana" / "clusterchat.json"
@@ -35,8 +35,11 @@ def cluster(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         CHAT_RATE_LIMIT="6/60",
         CHAT_LEASE_TTL_MS="1000",
     )
-    for slug in ROOMS:
-        cluster.create_room(slug)
+    # One process for all rooms: a manage.py start costs seconds on a busy machine.
+    create = "from django.core.management import call_command\n" + "".join(
+        f"call_command('createroom', {slug!r})\n" for slug in ROOMS
+    )
+    manage("shell", "-c", create, env=cluster.env)
     try:
         yield cluster
     finally:
@@ -97,7 +100,10 @@ async def test_traffic_moves_every_counter_it_should(node: Node) -> None:
     while time.monotonic() < deadline:  # the node counts a close once its socket is gone
         after = scrape(node)
         closed = value(after, "chat_sockets_closed", "chat_sockets_closed_total", code="1000")
-        if closed - value(before, "chat_sockets_closed", "chat_sockets_closed_total", code="1000") >= 2:
+        if (
+            closed - value(before, "chat_sockets_closed", "chat_sockets_closed_total", code="1000")
+            >= 2
+        ):
             break
         await asyncio.sleep(0.1)
 
@@ -119,7 +125,9 @@ async def test_traffic_moves_every_counter_it_should(node: Node) -> None:
         assert inf == hist_count(after, family)
         assert value(after, family, f"{family}_sum") > 0
     # A local append and write take milliseconds: the fan-out is well under a second here.
-    fast = value(after, "chat_fanout_latency_seconds", "chat_fanout_latency_seconds_bucket", le="1.0")
+    fast = value(
+        after, "chat_fanout_latency_seconds", "chat_fanout_latency_seconds_bucket", le="1.0"
+    )
     assert fast == hist_count(after, "chat_fanout_latency_seconds")
     assert after["chat_connections"][0] == "gauge"
     assert value(after, "chat_rooms_owned", "chat_rooms_owned") >= 1
@@ -172,7 +180,7 @@ async def wait_until(node: Node, done: object, timeout: float = 20.0) -> Scrape:
 
 def test_the_dashboard_graphs_only_metrics_a_node_exposes(node: Node) -> None:
     exposed = set()
-    for family, (kind, samples) in scrape(node).items():
+    for family, (_kind, samples) in scrape(node).items():
         exposed.add(family)
         exposed.update(dict(key)["__name__"] for key in samples)
     dashboard = json.loads(DASHBOARD.read_text())
