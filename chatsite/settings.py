@@ -34,6 +34,7 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_MAX_SOCKETS_PER_ADDRESS": "sockets one client address may hold on a node; more get 4429",
     "CHAT_DATA_DIR": "where the embedded Redis and SQLite keep their files",
     "CHAT_LOG_LEVEL": "log level of the chat loggers",
+    "CHAT_LOG_JSON": "true: one JSON object per log line, with node, room and conn fields",
     "DJANGO_SECRET_KEY": "secret key; production must set it",
     "DJANGO_DEBUG": "true/false",
     "DJANGO_ALLOWED_HOSTS": "comma-separated host names",
@@ -225,6 +226,5 @@ LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
 # Logs (chatsite/logs.py): plain lines, or JSON lines with node, room and connection fields.
-ENVIRONMENT["CHAT_LOG_JSON"] = "true: one JSON object per log line (for a log collector)"
 CHAT_LOG_JSON = _env_bool("CHAT_LOG_JSON", False)
 LOGGING = logging_config(json_lines=CHAT_LOG_JSON, level=CHAT_LOG_LEVEL)

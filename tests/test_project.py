@@ -32,6 +32,8 @@ def test_no_missing_migrations() -> None:
         ("CHAT_ALLOW_SQLITE", "please"),
         ("DJANGO_SECURE_HSTS_SECONDS", "-1"),
         ("DJANGO_DEBUG", "sometimes"),
+        ("CHAT_LOG_JSON", "maybe"),
+        ("CHAT_LOG_JSON", "2"),
     ],
 )
 def test_malformed_setting_stops_with_its_name(name: str, value: str, tmp_path: Path) -> None:
