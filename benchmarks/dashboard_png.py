@@ -12,6 +12,7 @@ more: ``rate(m[$__rate_interval])``, ``sum``/``max`` with ``by (...)``, and
 
     python benchmarks/dashboard_png.py   # 90 s; writes docs/img/grafana-clusterchat.png
     python benchmarks/dashboard_png.py --duration 30 --out /tmp/d.png
+    python benchmarks/dashboard_png.py --redraw       # again from the saved scrapes
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gzip
 import json
 import math
 import random
@@ -305,10 +307,8 @@ def render(rounds: list[Round], out: Path, window_s: float, note: str) -> None:
         # Every panel on the run's whole time range, from zero, with room above the highest
         # point (a flat line at the top would hide under the frame).
         ax.set_xlim(0, times[-1] if times else 1)
-        ax.set_ylim(bottom=0)
-        ax.margins(y=0.12)
         finite = [v for values in series.values() for v in values if math.isfinite(v)]
-        if finite:
+        if finite and unit != "bytes":  # memory: auto-scaled, as Grafana does, to show a trend
             ax.set_ylim(0, max(finite) * 1.15 or 1)
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p, u=unit: fmt_unit(u, v)))
         ax.set_xlabel("seconds into the run", color=TEXT, fontsize=7)
@@ -321,12 +321,46 @@ def render(rounds: list[Round], out: Path, window_s: float, note: str) -> None:
     fig.savefig(out, dpi=80, facecolor=BACKGROUND)
 
 
+def save(rounds: list[Round], path: Path) -> None:
+    """The scrapes behind the picture, cut to the metrics the dashboard queries."""
+    exprs = [t["expr"] for p in json.loads(DASHBOARD.read_text())["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:chat|process)_[a-z_]+)", e)}
+    wanted = re.compile("|".join(sorted(used)))
+    data = [
+        [t, [[n, sorted(labels), v] for (n, labels), v in samples.items() if wanted.match(n)]]
+        for t, samples in rounds
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as f:
+        json.dump(data, f)
+
+
+def load(path: Path) -> list[Round]:
+    with gzip.open(path, "rt") as f:
+        data = json.load(f)
+    return [
+        (t, {(n, frozenset(tuple(x) for x in labels)): v for n, labels, v in samples})
+        for t, samples in data
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=90.0)
     parser.add_argument("--window", type=float, default=10.0, help="$__rate_interval, seconds")
     parser.add_argument("--out", default=str(ROOT / "docs" / "img" / "grafana-clusterchat.png"))
+    parser.add_argument(
+        "--scrapes",
+        default=str(ROOT / "benchmarks" / "results" / "dashboard-scrapes.json.gz"),
+        help="where the scrapes are saved (with --redraw: read from)",
+    )
+    parser.add_argument("--redraw", action="store_true", help="draw saved scrapes, no new run")
     args = parser.parse_args()
+    if args.redraw:
+        rounds = load(Path(args.scrapes))
+        render(rounds, Path(args.out), args.window, note(args.duration, args.window))
+        print(f"redrew {len(rounds)} saved scrape rounds into {args.out}")
+        return
     with tempfile.TemporaryDirectory(prefix="dashboard-") as tmp:
         data = Path(tmp)
         redis = EmbeddedRedis.start(data / "redis")
@@ -342,13 +376,17 @@ def main() -> None:
         finally:
             cluster.close()
             redis.stop()
-    note = (
-        f"{args.duration:.0f} s, 37 clients on nodes a and b, node c joins at "
-        f"{args.duration / 3:.0f} s and is killed at {2 * args.duration / 3:.0f} s; "
-        f"$__rate_interval = {args.window:.0f} s"
+    save(rounds, Path(args.scrapes))
+    render(rounds, Path(args.out), args.window, note(args.duration, args.window))
+    print(f"{len(rounds)} scrape rounds (saved in {args.scrapes}); wrote {args.out}")
+
+
+def note(duration: float, window: float) -> str:
+    return (
+        f"{duration:.0f} s, 37 clients on nodes a and b, node c joins at "
+        f"{duration / 3:.0f} s and is killed at {2 * duration / 3:.0f} s; "
+        f"$__rate_interval = {window:.0f} s"
     )
-    render(rounds, Path(args.out), args.window, note)
-    print(f"{len(rounds)} scrape rounds; wrote {args.out}")
 
 
 if __name__ == "__main__":
