@@ -44,6 +44,15 @@ def tune_gc() -> None:
 class Command(BaseCommand):
     help = "Run one chat node: HTTP + WebSocket server and cluster runtime."
 
+    def say(self, text: str) -> None:
+        """A line for whoever started the node: a log record when logs are JSON lines (a log
+        collector reads nothing but JSON from the node), else plain stdout."""
+        if settings.CHAT_LOG_JSON:
+            logger.info(text)
+        else:
+            self.stdout.write(text)
+            self.stdout.flush()
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=8000)
@@ -68,9 +77,7 @@ class Command(BaseCommand):
             embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
             settings.CHAT_REDIS_URL = embedded.url
             settings.CHANNEL_LAYERS = channel_layers_for(embedded.url)
-            self.stdout.write(
-                f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})"
-            )
+            self.say(f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})")
         runtime = build_runtime(settings.CHAT_REDIS_URL)
         install(runtime)
         server = daphne.server.Server(
@@ -95,8 +102,7 @@ class Command(BaseCommand):
             loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(shutdown()))
             loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(shutdown()))
             redis_url = redact_url(settings.CHAT_REDIS_URL)
-            self.stdout.write(f"node {runtime.node} serving on http://{host}:{port}/ ({redis_url})")
-            self.stdout.flush()
+            self.say(f"node {runtime.node} serving on http://{host}:{port}/ ({redis_url})")
 
         async def shutdown() -> None:
             if state["stopping"]:
