@@ -58,7 +58,7 @@ def dev_admin(manage: list[str], env: dict[str, str]) -> str:
     (or a copied data directory) would carry it. Only the ``dev-admin`` account is touched."""
     password = secrets.token_urlsafe(12)
     admin_env = {**env, "CHAT_DEV_ADMIN_USER": DEV_ADMIN, "CHAT_DEV_ADMIN_PASSWORD": password}
-    subprocess.run([*manage, "shell", "-c", _DEV_ADMIN_CODE], env=admin_env, check=True)
+    subprocess.run([*manage, "shell", "-v0", "-c", _DEV_ADMIN_CODE], env=admin_env, check=True)
     return password
 
 
