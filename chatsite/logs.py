@@ -50,6 +50,18 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class QuietProbes(logging.Filter):
+    """Drops Django's error line for a probe's 503: a node that is starting or draining
+    answers ``/readyz`` 503 by design, and the access log already has the request."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        request = getattr(record, "request", None)
+        return getattr(request, "path", None) not in PROBE_PATHS
+
+
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 def logging_config(*, json_lines: bool, level: str) -> dict[str, Any]:
     """Django's LOGGING: the chat's loggers at ``level``, everything else at WARNING."""
     formatters: dict[str, Any] = {
@@ -64,7 +76,10 @@ def logging_config(*, json_lines: bool, level: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"context": {"()": "chatsite.logs.ContextFilter"}},
+        "filters": {
+            "context": {"()": "chatsite.logs.ContextFilter"},
+            "quiet_probes": {"()": "chatsite.logs.QuietProbes"},
+        },
         "formatters": formatters,
         "handlers": {
             "console": {
@@ -75,6 +90,9 @@ def logging_config(*, json_lines: bool, level: str) -> dict[str, Any]:
         },
         "root": {"handlers": ["console"], "level": "WARNING"},
         "loggers": {
+            # Django's own handler (DEBUG only) would print each of its lines a second time.
+            "django": {"handlers": [], "level": "WARNING", "propagate": True},
+            "django.request": {"filters": ["quiet_probes"]},
             "cluster": {"level": level},
             "rooms": {"level": level},
             "chatsite": {"level": level},

@@ -89,3 +89,18 @@ async def test_a_refused_socket_logs_its_close_code(node: Node) -> None:
             await asyncio.wait_for(ws.recv(), 10)
     closed = wait_for_record(node, {"event": "websocket_close", "room": "no-such-room"})
     assert closed["code"] == 4404 and closed["closed_by"] == "server"
+
+
+def test_a_probe_503_is_not_logged_as_a_django_error() -> None:
+    import logging
+    from types import SimpleNamespace
+
+    from chatsite.logs import QuietProbes
+
+    def record(path: str) -> logging.LogRecord:
+        made = logging.LogRecord("django.request", logging.ERROR, "", 0, "x", None, None)
+        made.request = SimpleNamespace(path=path)
+        return made
+
+    assert not QuietProbes().filter(record("/readyz"))
+    assert QuietProbes().filter(record("/api/rooms/"))
