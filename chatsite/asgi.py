@@ -12,6 +12,7 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chatsite.access_log import AccessLog  # noqa: E402
 from chatsite.origin import OriginCheck  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
@@ -23,3 +24,6 @@ application = ProtocolTypeRouter(
         "websocket": OriginCheck(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+# Outermost: one access-log line per request and per socket, with the status or close code the
+# client saw, and a connection id for every line logged meanwhile.
+application = AccessLog(application)

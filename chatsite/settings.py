@@ -13,6 +13,7 @@ from pathlib import Path
 import dj_database_url
 
 from chatsite.channel_layers import channel_layers_for
+from chatsite.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # Templates and static files live inside the package, so an installed wheel carries them.
@@ -35,6 +36,7 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_MAX_SOCKETS_PER_ADDRESS": "sockets one client address may hold on a node; more get 4429",
     "CHAT_DATA_DIR": "where the embedded Redis and SQLite keep their files",
     "CHAT_LOG_LEVEL": "log level of the chat loggers",
+    "CHAT_LOG_JSON": "true: one JSON object per log line, with node, room and conn fields",
     "DJANGO_SECRET_KEY": "secret key; production must set it",
     "DJANGO_DEBUG": "true/false",
     "DJANGO_ALLOWED_HOSTS": "comma-separated host names",
@@ -274,15 +276,6 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {
-        "cluster": {"level": CHAT_LOG_LEVEL},
-        "rooms": {"level": CHAT_LOG_LEVEL},
-        "chatsite": {"level": CHAT_LOG_LEVEL},
-    },
-}
+# Logs (chatsite/logs.py): plain lines, or JSON lines with node, room and connection fields.
+CHAT_LOG_JSON = _env_bool("CHAT_LOG_JSON", False)
+LOGGING = logging_config(json_lines=CHAT_LOG_JSON, level=CHAT_LOG_LEVEL)

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +27,7 @@ from . import events
 from .hub import PubSubHub
 from .keys import RoomKeys
 from .log import RoomLog
+from .stats import NodeStats
 from .tasks import TaskGroup
 
 logger = logging.getLogger("cluster.delivery")
@@ -104,7 +106,9 @@ class Delivery:
         node: str,
         *,
         on_presence: Callable[[str, str], None],
+        stats: NodeStats | None = None,
     ) -> None:
+        self._stats = stats if stats is not None else NodeStats()
         self._redis = redis
         self._hub = hub
         self._log = log
@@ -249,6 +253,14 @@ class Delivery:
         room.last_seq = event["seq"]
         self.delivered += 1
         self._send(room, event)
+        # Measured once per event, never per socket: the fan-out's hot path.
+        listeners = len(room.listeners)
+        if listeners:
+            stats = self._stats
+            stats.socket_deliveries += listeners
+            stamped_ms = event.get("ts")
+            if isinstance(stamped_ms, int):
+                stats.fanout_latency.observe(max(0.0, time.time() - stamped_ms / 1000))
 
     def _send(self, room: DeliveryRoom, frame: Frame) -> None:
         for listener in list(room.listeners):

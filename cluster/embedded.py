@@ -85,6 +85,9 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # Out of the terminal's process group: a Ctrl-C reaches the nodes, which drain
+            # while Redis is still up, and whoever started Redis stops it last.
+            start_new_session=True,
         )
         server = cls(port=port, data_dir=directory, process=process, appendonly=appendonly)
         server.wait_ready(timeout_s)

@@ -18,6 +18,7 @@ from .hub import PubSubHub
 from .keys import PRESENCE_SEP
 from .log import RoomLog
 from .presence import Presence
+from .stats import NodeStats
 
 __all__ = ["SEP", "Attachment", "Fanout", "Listener"]
 
@@ -40,9 +41,10 @@ class Fanout:
         *,
         is_live: Callable[[str], bool],
         repair_interval_s: float = 2.0,
+        stats: NodeStats | None = None,
     ) -> None:
         self._locks = RoomLocks()
-        self.delivery = Delivery(redis, hub, log, node, on_presence=self._on_presence)
+        self.delivery = Delivery(redis, hub, log, node, on_presence=self._on_presence, stats=stats)
         self.presence = Presence(
             redis,
             node,

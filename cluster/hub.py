@@ -45,6 +45,7 @@ class PubSubHub:
         self._lock = asyncio.Lock()
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self.errors = 0  # connections lost (or never made): a Redis error each
         self.messages = 0
         self.half_open_detected = 0
 
@@ -133,6 +134,7 @@ class PubSubHub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.errors += 1
                 logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, backoff)
                 await self._close()
                 await asyncio.sleep(backoff)

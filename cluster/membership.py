@@ -47,6 +47,7 @@ class Membership:
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
     redis_time_ms: int = 0
     healthy: bool = False
+    redis_errors: int = 0  # heartbeats and refreshes that failed
 
     def __post_init__(self) -> None:
         self.name = self.config.node_name
@@ -144,6 +145,7 @@ class Membership:
                 await pipe.execute()
         except Exception:
             self.healthy = False
+            self.redis_errors += 1
             raise
         self.healthy = True
         self._last_ok_loop_time = asyncio.get_running_loop().time()
@@ -184,7 +186,8 @@ class Membership:
         left = set(self.nodes) - set(seen) - {self.name}
         self.nodes = seen
         if joined or left:
-            logger.info("membership: joined %s left %s", sorted(joined), sorted(left))
+            # The runtime logs one line per node that joined or left.
+            logger.debug("membership: joined %s left %s", sorted(joined), sorted(left))
             self._changes.put_nowait((joined, left))
 
     async def _notify_loop(self) -> None:
@@ -209,6 +212,7 @@ class Membership:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                self.redis_errors += 1
                 logger.warning("membership refresh failed: %s", exc)
                 await asyncio.sleep(min(1.0, interval * 4))
             self._poke.clear()

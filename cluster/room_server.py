@@ -42,6 +42,7 @@ from .registry import Lease
 from .room_state import RoomState
 from .seq_recovery import AskAll, Reservation, append_reserved, recover_start
 from .state_store import StateStore, delta_template, new_marker
+from .stats import NodeStats
 
 logger = logging.getLogger("cluster.room_server")
 
@@ -104,7 +105,9 @@ class RoomServer:
         ask_all: AskAll | None = None,
         predecessor_last: int | None = None,
         archive: Archive | None = None,
+        stats: NodeStats | None = None,
     ) -> None:
+        self._stats = stats if stats is not None else NodeStats()
         self._ask_all = ask_all
         self._archive = archive
         # A planned hand-off's last seq: checked against Redis on the first load only.
@@ -355,6 +358,7 @@ class RoomServer:
             # The append may or may not have landed: re-read before the next command; the
             # sender's retry (same client_id) is answered by the dedupe either way.
             self._uncertain = True
+            self._stats.room_server_redis_errors += 1
             pending.future.set_exception(RoomUnavailable(self.slug, f"Redis: {exc}"))
         else:
             pending.future.set_result(ack)

@@ -18,7 +18,7 @@ from . import keys
 from .commands import Ack, Command
 from .config import ClusterConfig
 from .connection import async_redis
-from .errors import Draining, LeaseTaken
+from .errors import ERROR_CODES, CommandError, Draining, LeaseTaken
 from .fanout import Attachment, Fanout, Listener
 from .history import Archive, read_through
 from .hub import PubSubHub
@@ -30,6 +30,7 @@ from .router import CommandRouter
 from .rpc import Rpc
 from .seq_recovery import SeqWitness
 from .state_store import StateStore
+from .stats import NodeStats
 from .supervisor import HandoffHint, Supervisor
 from .tasks import TaskGroup
 
@@ -93,6 +94,8 @@ class ClusterRuntime:
 
     def __post_init__(self) -> None:
         self.node = self.config.node_name
+        # What rooms/metrics.py exports besides the components' own counters.
+        self.stats = NodeStats()
         self.redis = async_redis(self.redis_url)
         self.log = RoomLog(
             self.redis,
@@ -111,6 +114,7 @@ class ClusterRuntime:
             self.node,
             is_live=self.membership.is_live,
             repair_interval_s=self.config.lease_ttl_ms / 1000,
+            stats=self.stats,
         )
         self.supervisor = Supervisor(
             config=self.config,
@@ -124,6 +128,7 @@ class ClusterRuntime:
             request_claim=self._request_claim,
             ask_all=self.ask_all,
             archive=self.hooks.archive,
+            stats=self.stats,
         )
         # The highest seq this node has acked per room: what it tells a room's next owner.
         self.witness = SeqWitness()
@@ -167,7 +172,10 @@ class ClusterRuntime:
         for number, worker in enumerate(self.hooks.workers):
             self._tasks.spawn(worker(self), f"worker{number}:{getattr(worker, '__name__', '')}")
         self._become(RuntimeState.RUNNING)
-        logger.info("node %s joined the cluster (%d live)", self.node, len(self.membership.live))
+        logger.info(
+            "node %s joined the cluster (%d live)", self.node, len(self.membership.live),
+            extra={"event": "node_joined", "live_nodes": len(self.membership.live)},
+        )  # fmt: skip
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Stop taking traffic, hand every room off, close sockets with 1012."""
@@ -177,11 +185,20 @@ class ClusterRuntime:
         timeout = timeout_s if timeout_s is not None else self.config.drain_timeout_s
         loop = asyncio.get_running_loop()
         started = loop.time()
+        logger.info(
+            "drain started: handing off %d rooms, closing %d sockets",
+            len(self.supervisor.servers), self.fanout.connections,
+            extra={"event": "drain_started", "rooms": len(self.supervisor.servers)},
+        )  # fmt: skip
         try:
             await asyncio.wait_for(self._drain_steps(), timeout)
         except TimeoutError:
             logger.error("drain did not finish in %.1fs; stopping anyway", timeout)
-        logger.info("drain finished in %.3fs", loop.time() - started)
+        elapsed = loop.time() - started
+        logger.info(
+            "drain finished in %.3fs", elapsed,
+            extra={"event": "drain_finished", "duration_s": round(elapsed, 4)},
+        )  # fmt: skip
 
     async def _drain_steps(self) -> None:
         try:
@@ -222,7 +239,17 @@ class ClusterRuntime:
     async def submit(self, slug: str, command: Command, *, received_at: float | None = None) -> Ack:
         """Run ``command`` at the room's owner; answered by CHAT_SEND_TIMEOUT_MS after
         ``received_at`` (loop time, default now). Raises CommandError."""
-        ack = await self.router.submit(slug, command, received_at=received_at)
+        try:
+            ack = await self.router.submit(slug, command, received_at=received_at)
+        except CommandError as exc:
+            # Error codes are a closed set; anything else would be a label nobody graphs.
+            code = exc.code if exc.code in ERROR_CODES else "error"
+            self.stats.count_command(command.type, code)
+            raise
+        except Exception:
+            self.stats.count_command(command.type, "error")
+            raise
+        self.stats.count_command(command.type, "ok")
         self.witness.observe(slug, ack.seq)
         return ack
 
@@ -344,6 +371,10 @@ class ClusterRuntime:
         await self.fanout.resync()
 
     async def _on_membership(self, joined: set[str], left: set[str]) -> None:
+        for node in sorted(joined - {self.node}):
+            logger.info("node %s joined", node, extra={"event": "peer_joined", "peer": node})
+        for node in sorted(left):
+            logger.info("node %s left", node, extra={"event": "peer_left", "peer": node})
         if left:
             await self.fanout.on_nodes_left(left)
         if joined:

@@ -26,6 +26,7 @@ from .registry import RoomRegistry
 from .room_server import Checkpoint, Clock, RoomServer
 from .seq_recovery import AskAll
 from .state_store import StateStore
+from .stats import NodeStats
 from .tasks import TaskGroup, run_forever
 
 logger = logging.getLogger("cluster.supervisor")
@@ -71,7 +72,9 @@ class Supervisor:
         clock: Clock = time.monotonic,
         ask_all: AskAll | None = None,
         archive: Archive | None = None,
+        stats: NodeStats | None = None,
     ) -> None:
+        self.stats = stats if stats is not None else NodeStats()
         self.node = config.node_name
         self._archive = archive
         self._config = config
@@ -158,6 +161,7 @@ class Supervisor:
         old = self.servers.pop(slug, None)
         if old is not None:
             await old.stop()
+        started = time.monotonic()
         lease = await self._registry.claim(slug, presumed_dead=presumed_dead)
         floor = await self._seq_floor_for(slug, handoff)
         server = RoomServer(
@@ -171,6 +175,7 @@ class Supervisor:
             ask_all=self._ask_all,
             predecessor_last=handoff.last_seq if handoff is not None else None,
             archive=self._archive,
+            stats=self.stats,
         )
         try:
             await server.start()
@@ -182,8 +187,19 @@ class Supervisor:
         server.task.add_done_callback(lambda task: self._on_server_done(server, task))
         if presumed_dead:
             self.takeovers += 1
+            self.stats.takeover_duration.observe(time.monotonic() - started)
             await self._registry.forget_index(presumed_dead, [slug])
-        logger.info("room %s active here at epoch %d", slug, lease.epoch)
+            logger.info(
+                "room %s taken over from dead node %s at epoch %d",
+                slug, presumed_dead, lease.epoch,
+                extra={"event": "room_taken_over", "room": slug, "from_node": presumed_dead},
+            )  # fmt: skip
+        else:
+            logger.info(
+                "room %s claimed here at epoch %d",
+                slug, lease.epoch,
+                extra={"event": "room_claimed", "room": slug, "epoch": lease.epoch},
+            )  # fmt: skip
         return server
 
     async def _seq_floor_for(self, slug: str, handoff: HandoffHint | None) -> int:
@@ -238,12 +254,21 @@ class Supervisor:
             return False
         if successor is not None:
             self.moving[slug] = successor
+        started = time.monotonic()
         try:
             await self._retire(server, successor=successor)
             self.handoffs += 1
             await self._confirm(slug, successor, HandoffHint(server.reserved, server.last_seq))
         finally:
             self.moving.pop(slug, None)
+        elapsed = time.monotonic() - started
+        self.stats.handoff_duration.observe(elapsed)
+        logger.info(
+            "room %s moved to %s in %.3fs",
+            slug, successor or "whoever claims it first", elapsed,
+            extra={"event": "room_moved", "room": slug, "to_node": successor,
+                   "duration_s": round(elapsed, 4)},
+        )  # fmt: skip
         return True
 
     async def _confirm(self, slug: str, successor: str | None, hint: HandoffHint) -> None:

@@ -27,6 +27,7 @@ from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from chatsite import logs
 from chatsite.daphne_compat import TRANSPORT_EXTENSION
 from chatsite.servers import DISCONNECTED
 from cluster.commands import Command
@@ -63,6 +64,7 @@ CLOSE_TOO_MANY = 4429
 CLOSE_DRAINING = 1012
 CLOSE_INTERNAL = 1011
 CLOSE_TOO_SLOW = 1013
+CLOSE_ABNORMAL = 1006  # ended with no close frame
 OUTBOX_FRAMES = 2000  # frames queued for one socket (its bytes are bounded by the budget too)
 PAGE_EVENTS = 200  # a replay page at most; fewer when events are large (a quarter budget)
 MIN_PAGE_EVENTS = 16
@@ -124,6 +126,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # No writer task runs: nothing queued, nothing to read from the log. An idle socket costs
     # no task (most sockets are idle most of the time); ``_kick`` starts one when needed.
     idle = False
+    sent_close_code: int | None = None  # the close code this node sent
+    peer_close_code: int | None = None  # the code the socket ended with, seen by disconnect
     commands: asyncio.Queue[tuple[float, str | FrameRefused | None]] | None = None
 
     async def connect(self) -> None:
@@ -147,10 +151,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._close_with(self.close_code)
             return
         self.phase = "open"
+        if self.runtime is not None:
+            self.runtime.stats.sockets_opened += 1
         self._kick()  # the replay, and anything queued while admitting
 
     async def _admit(self) -> None:
         self.slug = self.scope["url_route"]["kwargs"]["slug"]
+        logs.bind(room=self.slug)  # every line logged for this socket says which room
         self.outbox = Outbox(max_frames=OUTBOX_FRAMES, max_bytes=0)
         self.sent_seq = 0  # the client has every durable event up to here (or a gap for it)
         self.known_seq = 0  # the highest seq this socket has heard of
@@ -248,10 +255,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._shutdown()
 
     async def disconnect(self, code: int) -> None:
+        if self.peer_close_code is None:
+            self.peer_close_code = code
         await self._shutdown()
 
     async def _shutdown(self) -> None:
         self.closing = True
+        if self.phase == "open" and self.runtime is not None:
+            code = self.sent_close_code or self.peer_close_code or CLOSE_ABNORMAL
+            self.runtime.stats.count_close(code)
         self.phase = "closed"
         for task in (self.sender, self.commander):
             if task is not None and task is not asyncio.current_task() and not task.done():
@@ -483,6 +495,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
+        self.sent_close_code = code
+        if code == CLOSE_TOO_SLOW and self.runtime is not None:
+            self.runtime.stats.slow_consumers_closed += 1
         with contextlib.suppress(*DISCONNECTED):
             await self.close(code=code)
 
@@ -521,6 +536,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def _command(self, received_at: float, text_data: str | FrameRefused | None) -> None:
         assert self.runtime is not None
         client_id: str | None = None
+        kind = "invalid"  # until the frame parses
+        submitted = False  # past here the runtime counts the command's outcome
         try:
             if text_data is None:
                 raise CommandError("bad_request", "binary frames are not part of the protocol")
@@ -528,12 +545,15 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 raise text_data
             frame = parse_client_frame(text_data)
             client_id = frame.client_id
+            kind = frame.type
             identity = await self._current_identity()
             if identity is None:
+                self.runtime.stats.count_command(kind, "forbidden")
                 await self._reply(error_frame("forbidden", "your session ended", client_id))
                 self.request_close(CLOSE_FORBIDDEN)
                 return
             if frame.type == "typing":
+                self.runtime.stats.count_command(kind, "ok")
                 await self._typing()
                 return
             command = Command(
@@ -549,19 +569,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 guest=identity.is_guest,
                 address=self.address,
             )
+            submitted = True
             ack = await self.runtime.submit(self.slug, command, received_at=received_at)
             if ack.moderated:
                 await self._log_moderation(identity, command)
         except CommandError as exc:
             if isinstance(exc, FrameRefused) and client_id is None:
                 client_id = exc.client_id  # a refused frame's own client_id, when it had one
+            if not submitted:
+                self.runtime.stats.count_command(kind, exc.code)
             await self._reply(error_frame(exc.code, exc.detail, client_id))
             return
         except Exception:
+            if not submitted:
+                self.runtime.stats.count_command(kind, "error")
             logger.exception("command in %s failed", self.slug)
             await self._reply(error_frame("unavailable", "try again", client_id))
             return
         await self._reply({"type": "ack", "client_id": client_id, "seq": ack.seq, "id": ack.id})
+        # Arrival on the socket (before any wait in its queue) -> the ack written.
+        self.runtime.stats.ack_latency.observe(asyncio.get_running_loop().time() - received_at)
 
     async def _log_moderation(self, identity: Identity, command: Command) -> None:
         try:

@@ -12,8 +12,15 @@ fi
 STAMP=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$STAMP" ]; then
   echo "installing the project and its dev tools into .venv (first run takes a minute)" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[dev]'
+  # pip's output goes to a log, shown only if the install fails: a machine's pip config (an
+  # extra index that lacks most packages, say) can make pip warn once per package otherwise.
+  LOG=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip \
+         && .venv/bin/python -m pip install -e '.[dev]'; } >"$LOG" 2>&1; then
+    tail -n 40 "$LOG" >&2
+    echo "installing into .venv failed; the whole log: $LOG" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$STAMP"
 fi

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,6 +37,31 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 30) 
     raise SystemExit(f"{url} did not become ready in {timeout}s")
 
 
+DEV_ADMIN = "dev-admin"
+# Run by ``manage.py shell``: the password comes through the environment, never argv (a
+# command line is readable by every user of the machine).
+_DEV_ADMIN_CODE = """
+import os
+from django.contrib.auth.models import User
+user, _ = User.objects.get_or_create(username=os.environ["CHAT_DEV_ADMIN_USER"])
+user.is_staff = user.is_superuser = user.is_active = True
+user.set_password(os.environ["CHAT_DEV_ADMIN_PASSWORD"])
+user.save()
+"""
+
+
+def dev_admin(manage: list[str], env: dict[str, str]) -> str:
+    """A development superuser with a new random password, returned to be printed once.
+
+    Random and renewed on every run rather than a fixed, documented one: a fixed password is
+    known to everyone who read the README, and a dev server started with ``--host 0.0.0.0``
+    (or a copied data directory) would carry it. Only the ``dev-admin`` account is touched."""
+    password = secrets.token_urlsafe(12)
+    admin_env = {**env, "CHAT_DEV_ADMIN_USER": DEV_ADMIN, "CHAT_DEV_ADMIN_PASSWORD": password}
+    subprocess.run([*manage, "shell", "-v0", "-c", _DEV_ADMIN_CODE], env=admin_env, check=True)
+    return password
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ports", default="8000,8001", help="comma-separated node ports")
@@ -58,6 +84,7 @@ def main() -> None:
     manage = [sys.executable, str(ROOT / "manage.py")]
     subprocess.run([*manage, "migrate", "--noinput", "-v0"], env=env, check=True)
     subprocess.run([*manage, "createroom", "lobby", "--name", "Lobby"], env=env, check=True)
+    admin_password = dev_admin(manage, env)
     nodes: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -86,7 +113,12 @@ def main() -> None:
         print("\nThe chat is running (Ctrl-C stops it):", flush=True)
         for i, port in enumerate(ports):
             print(f"  node-{i + 1}: http://{args.host}:{port}/   (admin: /admin/)", flush=True)
-        print(f"  redis:  {redact_url(env['REDIS_URL'])}\n", flush=True)
+        print(f"  redis:  {redact_url(env['REDIS_URL'])}", flush=True)
+        print(
+            f"  admin:  http://{args.host}:{ports[0]}/admin/  user {DEV_ADMIN!r}, password "
+            f"{admin_password!r} (new each run; this development script only)\n",
+            flush=True,
+        )
         while not stopping and all(p.poll() is None for p in nodes):
             time.sleep(0.2)
     finally:

@@ -32,6 +32,8 @@ def test_no_missing_migrations() -> None:
         ("CHAT_ALLOW_SQLITE", "please"),
         ("DJANGO_SECURE_HSTS_SECONDS", "-1"),
         ("DJANGO_DEBUG", "sometimes"),
+        ("CHAT_LOG_JSON", "maybe"),
+        ("CHAT_LOG_JSON", "2"),
     ],
 )
 def test_malformed_setting_stops_with_its_name(name: str, value: str, tmp_path: Path) -> None:
@@ -75,3 +77,33 @@ def test_createroom_is_idempotent_and_refuses_bad_slugs(tmp_path: Path) -> None:
     for bad in ("Bad Slug", "x-", "a" * 51, "{room}", "x_y"):
         refused = run("createroom", bad)
         assert refused.returncode != 0 and "lower-case" in refused.stderr
+
+
+def test_scripts_chat_makes_a_dev_superuser_with_a_new_password_each_run(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("devcluster", ROOT / "scripts" / "devcluster.py")
+    assert spec is not None and spec.loader is not None
+    devcluster = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(devcluster)
+    env = {**os.environ, "CHAT_DATA_DIR": str(tmp_path), "DATABASE_URL": "", "DJANGO_DEBUG": "1"}
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    subprocess.run([*manage, "migrate", "-v0"], env=env, cwd=ROOT, check=True, timeout=120)
+    first = devcluster.dev_admin(manage, env)
+    second = devcluster.dev_admin(manage, env)
+    assert first != second and len(second) >= 16
+    check = (
+        "import os; from django.contrib.auth import authenticate; "
+        "u = authenticate(username='dev-admin', password=os.environ['PW']); "
+        "print(bool(u and u.is_superuser and u.is_staff))"
+    )
+
+    def logs_in(password: str) -> str:
+        result = subprocess.run(
+            [*manage, "shell", "-v0", "-c", check],
+            env={**env, "PW": password}, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return result.stdout.strip()
+
+    assert logs_in(second) == "True"
+    assert logs_in(first) == "False"  # the previous run's password no longer works

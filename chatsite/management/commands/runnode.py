@@ -9,6 +9,7 @@ ASGI server (chatsite/servers; which is the default and why: docs/asgi-servers.m
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from typing import Any
@@ -22,6 +23,26 @@ from chatsite.redact import redact_url
 from chatsite.servers import DEFAULT_SERVER, MEASURED_ONLY, SERVERS
 from chatsite.static_files import missing_manifest
 from cluster.embedded import EmbeddedRedis, redis_server_binary
+
+logger = logging.getLogger("chatsite.runnode")
+
+
+class _Lines:
+    """A text stream whose lines go through ``Command.say``: the servers' start-up line is a
+    log record too when logs are JSON lines."""
+
+    def __init__(self, say: Any) -> None:
+        self._say = say
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self._say(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
 
 # The modules a server needs beyond the project's own dependencies (the ``servers`` extra).
 _NEEDS = {
@@ -45,6 +66,15 @@ def check_server(name: str) -> None:
 
 class Command(BaseCommand):
     help = "Run one chat node: HTTP + WebSocket server and cluster runtime."
+
+    def say(self, text: str) -> None:
+        """A line for whoever started the node: a log record when logs are JSON lines (a log
+        collector reads nothing but JSON from the node), else plain stdout."""
+        if settings.CHAT_LOG_JSON:
+            logger.info(text)
+        else:
+            self.stdout.write(text)
+            self.stdout.flush()
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
@@ -100,26 +130,25 @@ class Command(BaseCommand):
             embedded = EmbeddedRedis.start(settings.CHAT_DATA_DIR / "redis")
             settings.CHAT_REDIS_URL = embedded.url
             settings.CHANNEL_LAYERS = channel_layers_for(embedded.url)
-            self.stdout.write(
-                f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})"
-            )
+            self.say(f"embedded Redis at {redact_url(embedded.url)} (pid {embedded.process.pid})")
         runtime = build_runtime(settings.CHAT_REDIS_URL)
         install(runtime)
         app = get_default_application()
+        lines: Any = _Lines(self.say)  # a TextIO as far as the servers need
         try:
             if name == "daphne":
                 from chatsite.servers import daphne_node
 
-                code = daphne_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
+                code = daphne_node.serve(app, runtime, host=host, port=port, stdout=lines)
             elif name == "granian":
                 from chatsite.servers import granian_node
 
-                code = granian_node.serve(app, runtime, host=host, port=port, stdout=self.stdout)
+                code = granian_node.serve(app, runtime, host=host, port=port, stdout=lines)
             else:
                 from chatsite.servers import uvicorn_node
 
                 code = uvicorn_node.serve(
-                    app, runtime, name=name, host=host, port=port, stdout=self.stdout
+                    app, runtime, name=name, host=host, port=port, stdout=lines
                 )
         finally:
             if embedded is not None:
