@@ -15,8 +15,11 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
-from . import bots, redis_admin, services
+from cluster.errors import CommandError
+
+from . import bots, posting, redis_admin, services
 from .models import BotToken, Message, ModerationLog, Room
+from .protocol import MAX_FRAME_CHARS
 
 
 class ArchivedFilter(admin.SimpleListFilter):
@@ -328,3 +331,80 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    # Moderation goes through the room's owner (rooms.posting.moderate_message), like a
+    # socket's edit or delete: every client converges, and the archive follows the log.
+    actions = ["delete_through_room", "edit_through_room"]
+
+    def has_moderate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("rooms.moderate_room")
+
+    def _page(
+        self, request: HttpRequest, queryset: QuerySet[Message], **extra: Any
+    ) -> TemplateResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "queryset": queryset,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+            **extra,
+        }
+        return TemplateResponse(request, "admin/rooms/message/moderate.html", context)
+
+    def _moderate(
+        self, request: HttpRequest, message: Message, action: str, body: str | None
+    ) -> str | None:
+        """None if the room's owner applied it; else why not (the socket's error text)."""
+        try:
+            posting.moderate_message(
+                message.room.slug, message.message_id, action=action, user=request.user, body=body
+            )
+        except CommandError as exc:
+            return f"{message.message_id}: {exc.detail or exc.code}"
+        return None
+
+    @admin.action(
+        description="Delete through the room (every client sees it)", permissions=["moderate"]
+    )
+    def delete_through_room(
+        self, request: HttpRequest, queryset: QuerySet[Message]
+    ) -> TemplateResponse | None:
+        if request.POST.get("post") != "yes":
+            return self._page(
+                request, queryset, title="Are you sure?", action="delete_through_room",
+                what="You are about to delete these messages for everyone",
+            )  # fmt: skip
+        failed = [
+            why for m in queryset if m.deleted is None
+            for why in [self._moderate(request, m, "delete", None)] if why
+        ]  # fmt: skip
+        if failed:
+            self.message_user(request, "Not deleted: " + "; ".join(failed), messages.ERROR)
+        else:
+            self.message_user(request, f"Deleted {queryset.count()} message(s).", messages.SUCCESS)
+        return None
+
+    @admin.action(description="Edit through the room (one message)", permissions=["moderate"])
+    def edit_through_room(
+        self, request: HttpRequest, queryset: QuerySet[Message]
+    ) -> TemplateResponse | None:
+        if queryset.count() != 1:
+            self.message_user(request, "Choose exactly one message to edit.", messages.WARNING)
+            return None
+        message = queryset.get()
+        body = request.POST.get("body")
+        page = {
+            "title": "Edit a message",
+            "action": "edit_through_room",
+            "editing": True,
+            "what": "The new text of this message, for everyone",
+            "max_body": MAX_FRAME_CHARS,
+        }
+        if request.POST.get("post") != "yes" or body is None:
+            return self._page(request, queryset, body=message.body, **page)
+        why = self._moderate(request, message, "edit", body)
+        if why:
+            return self._page(request, queryset, body=body, error=why, **page)
+        self.message_user(request, f"Edited {message.message_id}.", messages.SUCCESS)
+        return None

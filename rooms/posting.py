@@ -139,6 +139,49 @@ def post_message(
     return _result(ack, client_id)
 
 
+def moderate_message(
+    slug: str, message_id: str, *, action: str, user: Any, body: str | None = None
+) -> PostResult:
+    """Edit or delete message ``message_id`` of room ``slug`` as ``user``, a moderator, from
+    sync code in a node (the admin): the command goes through the router to the room's owner
+    like a socket's ``edit`` / ``delete``, so every client converges and the archive follows
+    the log. The same ``CommandError`` codes as the socket (``not_found``, ``forbidden``,
+    ``bad_request``, ``unavailable``); the moderation is logged."""
+    if action not in ("edit", "delete"):
+        raise CommandError("bad_request", "action must be edit or delete")
+    if action == "edit" and not isinstance(body, str):
+        raise CommandError("bad_request", "an edit needs a body")
+    runtime = _runtime()
+    who = Author.of_user(user)
+    if not user.has_perm("rooms.moderate_room"):
+        raise CommandError("forbidden", "moderating messages needs the moderate_room permission")
+    room = Room.objects.filter(slug=slug).first() if isinstance(slug, str) else None
+    if room is None:
+        raise CommandError("not_found", f"no room {str(slug)[:60]!r}")
+    command = Command(
+        type=action,  # type: ignore[arg-type]
+        user=who.name,
+        client_id=f"admin-{uuid.uuid4().hex}",
+        body=body or "",
+        id=message_id,
+        client_id_given=False,
+        principal=who.principal,
+        dedupe_as=who.principal,
+        can_moderate=True,
+    )
+    future = _on_loop(runtime, runtime.submit(slug, command))
+    wait_s = runtime.config.send_timeout_ms / 1000 + SYNC_WAIT_MARGIN_S
+    try:
+        ack = future.result(timeout=wait_s)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise CommandError("unavailable", "the node did not answer in time; retry") from None
+    from .services import moderation_log  # late: services imports this module
+
+    moderation_log(user, f"admin_{action}", slug, target=message_id)
+    return _result(ack, None)
+
+
 def _runtime() -> ClusterRuntime:
     from .runtime import current_runtime  # late: rooms.runtime imports this app's services
 
