@@ -25,6 +25,7 @@ ORDER = (
     "socketio",
 )
 SCENARIOS = ("idle", "s1", "big", "storm", "pauses")  # bench.run's, without importing it
+COMPARISON = ("project", "channels-core", "channels-pubsub", "socketio")  # bench.run's default
 LABEL = {
     "project": "this project (2 runnode)",
     "channels-core": "Channels tutorial, RedisChannelLayer (core)",
@@ -420,7 +421,7 @@ def generated(path: Path) -> str:
 def subset(meta: Record) -> list[str]:
     """The --systems and --scenarios a run was limited to, as options (none: every one)."""
     options = []
-    for key, every in (("systems", ORDER), ("scenarios", SCENARIOS)):
+    for key, every in (("systems", COMPARISON), ("scenarios", SCENARIOS)):
         chosen = meta.get(key)
         if isinstance(chosen, list) and chosen and set(chosen) != set(every):
             options.append(f"--{key} {','.join(chosen)}")

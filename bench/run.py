@@ -21,7 +21,7 @@ from bench import pauses, report
 from bench.loadgen import FULL, QUICK, Generator, Plan
 from bench.proc import load_average
 from bench.profiling import PySpyProfile, fold, render
-from bench.systems import ROOT, SYSTEMS, ProjectSystem, make_system, versions
+from bench.systems import COMPARISON, ROOT, SYSTEMS, ProjectSystem, make_system, versions
 
 RESULTS = ROOT / "bench" / "results"
 SCENARIOS = ("idle", "s1", "big", "storm", "pauses")
@@ -218,7 +218,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--systems",
         type=lambda s: s.split(","),
-        default=list(SYSTEMS),
+        default=list(COMPARISON),
         help=f"comma-separated, from {','.join(SYSTEMS)}",
     )
     parser.add_argument(

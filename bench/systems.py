@@ -30,6 +30,9 @@ SYSTEMS = (
     "project-wsproto",
     "project-granian",
 )
+# What ``scripts/bench`` runs unless told: the project against its peers. The other servers are
+# a separate question (``--systems project,project-uvicorn,project-wsproto``).
+COMPARISON = SYSTEMS[:4]
 
 # Benchmark nodes: every client comes from 127.0.0.1, so the per-address limits are lifted.
 PROJECT_ENV = {

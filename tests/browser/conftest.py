@@ -82,7 +82,10 @@ def _ensure_playwright() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Module-scoped: Playwright's sync API runs an event loop on this thread while it lives, and
+# every asyncio test after it would find that loop running ("cannot be called from a running
+# event loop"); it must be stopped before pytest moves on to other modules.
+@pytest.fixture(scope="module")
 def playwright_session(request: pytest.FixtureRequest) -> Iterator[Any]:
     reason = _ensure_chromium() or _ensure_playwright()
     if reason:

@@ -67,7 +67,10 @@ async def test_owner_paused_past_its_lease(cluster: Cluster) -> None:
     assert all(not (node == owner.name and epoch == old_epoch) for _, node, epoch in writers[1:])
     # The thawed node re-joined under a new session; whoever owns the room now (the room may
     # even move back to it, its preferred node) holds a newer epoch than the frozen one did.
+    # The room may be mid-move back to it when we look (listed by nobody for a moment): wait
+    # for an owner to list it, then its epoch must be newer.
     await wait_until(lambda: owner.get("/readyz")[0] == 200, timeout=10)
+    await wait_until(lambda: bool(owner.get("/api/cluster/")[1]["rooms"]), timeout=10)
     view = owner.get("/api/cluster/")[1]
     assert view["rooms"][0]["epoch"] > old_epoch
     for client in clients:
