@@ -97,6 +97,17 @@ class TransportProbe:
         write_through(protocol.transport, framed(text))
         return True
 
+    def kernel_unsent(self) -> int:
+        """Bytes the kernel has not sent yet on this socket (Linux SIOCOUTQ); -1 unknown."""
+        protocol = self._protocol()
+        transport = getattr(protocol, "transport", None)
+        for _ in range(4):  # protocol -> TLS -> TCP: the TCP one has the socket
+            sock = getattr(transport, "socket", None)
+            if sock is not None:
+                return socket_unsent(sock)
+            transport = getattr(transport, "transport", None)
+        return -1
+
     def buffered(self) -> int:
         protocol = self._protocol()
         if protocol is None:
@@ -116,6 +127,20 @@ class TransportProbe:
             total += _fd_buffered(transport)
             transport = getattr(transport, "transport", None)
         return total
+
+
+def socket_unsent(sock: Any) -> int:
+    """The kernel's unsent bytes for ``sock`` (SIOCOUTQ, which Linux names TIOCOUTQ); -1 where
+    it cannot be read."""
+    try:
+        import fcntl
+        import struct
+        import termios
+
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        return int(struct.unpack("i", raw)[0])
+    except (OSError, ValueError, AttributeError, ImportError):
+        return -1
 
 
 def write_through(transport: Any, data: bytes) -> None:

@@ -25,6 +25,15 @@ class Backlog(Protocol):
     def buffered(self) -> int: ...
 
 
+def kernel_unsent(backlog: Any) -> int:
+    """Bytes the kernel still holds unsent for the socket (-1: not known). A slow reader
+    drains the kernel's buffer first: on loopback that buffer grows to megabytes, and the
+    socket is writable again only once a third of it is free, so the server's own backlog can
+    stand still for seconds while the client reads steadily. Progress counts here too."""
+    probe = getattr(backlog, "kernel_unsent", None)
+    return int(probe()) if probe is not None else -1
+
+
 class SocketStalled(Exception):
     def __init__(self, buffered: int) -> None:
         super().__init__(f"{buffered} bytes unread for {STALL_S}s")
@@ -63,6 +72,7 @@ class SendBudget:
             return True
         loop = asyncio.get_running_loop()
         lowest = self.buffered()
+        kernel_lowest = kernel_unsent(self._backlog)
         deadline = loop.time() + STALL_S
         delay = FIRST_POLL_S
         while True:
@@ -71,9 +81,13 @@ class SendBudget:
             now = self.buffered()
             if now <= self.low_water:
                 return True
-            if now < lowest:  # the client is reading, however slowly
-                lowest = now
+            kernel = kernel_unsent(self._backlog)
+            if now < lowest or 0 <= kernel < kernel_lowest:  # the client reads, however slowly
+                lowest = min(lowest, now)
+                kernel_lowest = kernel
                 deadline = loop.time() + STALL_S
+            elif kernel > kernel_lowest:
+                kernel_lowest = kernel  # we wrote more into it: measure from the new level
             elif loop.time() >= deadline:
                 raise SocketStalled(now)
             await asyncio.sleep(delay)

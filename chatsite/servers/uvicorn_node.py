@@ -23,7 +23,7 @@ from typing import Any, TextIO
 
 from django.conf import settings
 
-from chatsite.daphne_compat import PREPARED_FRAMES, TRANSPORT_EXTENSION, framed
+from chatsite.daphne_compat import PREPARED_FRAMES, TRANSPORT_EXTENSION, framed, socket_unsent
 from cluster.runtime import ClusterRuntime
 
 from .lifecycle import NodeLifecycle
@@ -46,6 +46,12 @@ class AsyncioTransportProbe:
         if transport is None or transport.is_closing():
             return 0
         return int(transport.get_write_buffer_size())
+
+    def kernel_unsent(self) -> int:
+        protocol = self._protocol()
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return socket_unsent(sock) if sock is not None else -1
 
     def write_text(self, text: str, *, only_if_idle: bool = False) -> bool:
         """As ``daphne_compat.TransportProbe.write_text``: False, having written nothing,

@@ -40,7 +40,8 @@ class LayerProbe(AsyncJsonWebsocketConsumer):  # type: ignore[misc]
 
 application = ProtocolTypeRouter(
     {
-        "http": chat_application.application_mapping["http"],
+        # The project's application is wrapped in its access log (chatsite/access_log.py).
+        "http": getattr(chat_application, "app", chat_application).application_mapping["http"],
         "websocket": AuthMiddlewareStack(
             URLRouter([path("ws/probe/", LayerProbe.as_asgi()), *websocket_urlpatterns])
         ),
