@@ -120,7 +120,8 @@ async def run_system(
             for record in await pauses.run(system, s1_rooms, s1_records, pauses.PausePlan()):
                 print(pauses.summary(record), flush=True)
                 results.write({"run": run_id, **record})
-        if args.profile and isinstance(system, ProjectSystem):
+        # The default server only: one profile per run (the variants would write over it).
+        if args.profile and isinstance(system, ProjectSystem) and name == "project":
             # last: the profiled step saturates the node, nothing is measured after it
             generator.deadline = max(generator.deadline, time.monotonic() + 120)
             s1_clients, s1_connect = await generator.open_rooms("s1", s1_rooms, 50)

@@ -22,19 +22,28 @@ from .models import BotToken, Message, ModerationLog, Room
 from .protocol import MAX_FRAME_CHARS
 
 
-class ArchivedFilter(admin.SimpleListFilter):
-    title = "status"
-    parameter_name = "status"
+class SetOrNotFilter(admin.SimpleListFilter):
+    """Filters on whether a nullable timestamp is set (a room's ``archived_at``, a message's
+    ``deleted``): ``options`` is (value and label when unset, value and label when set)."""
+
+    field = ""
+    options: tuple[tuple[str, str], tuple[str, str]] = (("", ""), ("", ""))
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("active", "Active"), ("archived", "Archived")]
+        return list(self.options)
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Room]) -> QuerySet[Room]:
-        if self.value() == "active":
-            return queryset.filter(archived_at__isnull=True)
-        if self.value() == "archived":
-            return queryset.filter(archived_at__isnull=False)
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        (unset, _), (is_set, _) = self.options
+        if self.value() in (unset, is_set):
+            return queryset.filter(**{f"{self.field}__isnull": self.value() == unset})
         return queryset
+
+
+class ArchivedFilter(SetOrNotFilter):
+    title = "status"
+    parameter_name = "status"
+    field = "archived_at"
+    options = (("active", "Active"), ("archived", "Archived"))
 
 
 class RoomChangeList(ChangeList):
@@ -288,19 +297,11 @@ class AuthorFilter(admin.SimpleListFilter):
         return queryset.filter(author_name=value) if value else queryset
 
 
-class DeletedFilter(admin.SimpleListFilter):
+class DeletedFilter(SetOrNotFilter):
     title = "deleted"
     parameter_name = "deleted"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [("no", "Shown"), ("yes", "Deleted")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Message]) -> QuerySet[Message]:
-        if self.value() == "yes":
-            return queryset.filter(deleted__isnull=False)
-        if self.value() == "no":
-            return queryset.filter(deleted__isnull=True)
-        return queryset
+    field = "deleted"
+    options = (("no", "Shown"), ("yes", "Deleted"))
 
 
 @admin.register(Message)

@@ -127,13 +127,7 @@ def post_message(
     if running is not None and running is runtime.loop:
         raise RuntimeError("post_message would block the node's event loop: use apost_message")
     command, bot = _prepare(slug, body, author, client_id, address)
-    future = _on_loop(runtime, runtime.submit(slug, command))
-    wait_s = runtime.config.send_timeout_ms / 1000 + SYNC_WAIT_MARGIN_S
-    try:
-        ack = future.result(timeout=wait_s)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise CommandError("unavailable", "the node did not answer in time; retry") from None
+    ack = _submit_and_wait(runtime, slug, command)
     if bot is not None:
         bots.mark_used(bot)
     return _result(ack, client_id)
@@ -169,17 +163,22 @@ def moderate_message(
         dedupe_as=who.principal,
         can_moderate=True,
     )
-    future = _on_loop(runtime, runtime.submit(slug, command))
-    wait_s = runtime.config.send_timeout_ms / 1000 + SYNC_WAIT_MARGIN_S
-    try:
-        ack = future.result(timeout=wait_s)
-    except concurrent.futures.TimeoutError:
-        future.cancel()
-        raise CommandError("unavailable", "the node did not answer in time; retry") from None
+    ack = _submit_and_wait(runtime, slug, command)
     from .services import moderation_log  # late: services imports this module
 
     moderation_log(user, f"admin_{action}", slug, target=message_id)
     return _result(ack, None)
+
+
+def _submit_and_wait(runtime: ClusterRuntime, slug: str, command: Command) -> Ack:
+    """Submit on the node's loop and wait here, in this (non-loop) thread, for the ack."""
+    future = _on_loop(runtime, runtime.submit(slug, command))
+    wait_s = runtime.config.send_timeout_ms / 1000 + SYNC_WAIT_MARGIN_S
+    try:
+        return future.result(timeout=wait_s)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise CommandError("unavailable", "the node did not answer in time; retry") from None
 
 
 def _runtime() -> ClusterRuntime:
