@@ -22,6 +22,19 @@ from .models import BotToken, Message, ModerationLog, Room
 from .protocol import MAX_FRAME_CHARS
 
 
+class ReadOnlyRows:
+    """An admin whose rows nobody adds, changes or deletes by hand (records, the archive)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class SetOrNotFilter(admin.SimpleListFilter):
     """Filters on whether a nullable timestamp is set (a room's ``archived_at``, a message's
     ``deleted``): ``options`` is (value and label when unset, value and label when set)."""
@@ -191,21 +204,12 @@ class RoomAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
 
 @admin.register(ModerationLog)
-class ModerationLogAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ModerationLogAdmin(ReadOnlyRows, admin.ModelAdmin):  # type: ignore[type-arg]
     """Read only: a record of who did what, never edited."""
 
     list_display = ["created_at", "actor_name", "action", "room_slug", "target", "detail"]
     list_filter = ["action", "created_at"]
     search_fields = ["actor_name", "room_slug", "target"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class BotTokenForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -305,7 +309,7 @@ class DeletedFilter(SetOrNotFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class MessageAdmin(ReadOnlyRows, admin.ModelAdmin):  # type: ignore[type-arg]
     """The archive of every room (rooms.archive), read only: messages change through their
     room's owner (the socket's edit and delete), never by writing rows here."""
 
@@ -323,15 +327,6 @@ class MessageAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.display(description="message")
     def text(self, message: Message) -> str:
         return message.body if len(message.body) <= 120 else message.body[:119] + "…"
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     # Moderation goes through the room's owner (rooms.posting.moderate_message), like a
     # socket's edit or delete: every client converges, and the archive follows the log.
