@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from . import events, scripts
 from .errors import ClusterError, Fenced
+from .fastlane import FastLane
 from .keys import RoomKeys
 
 READ_BATCH = 500
@@ -68,11 +69,19 @@ class Unreserved(ClusterError):
 
 
 class RoomLog:
-    def __init__(self, redis: Redis, *, history_limit: int, dedupe_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        history_limit: int,
+        dedupe_ttl_s: int,
+        hot: FastLane | None = None,
+    ) -> None:
         self._redis = redis
         self._history_limit = history_limit
         self._dedupe_ttl_s = dedupe_ttl_s
-        self._append = redis.register_script(scripts.APPEND_EVENT)
+        # The append runs once per message: on the lean connection where there is one.
+        self._append = (hot or redis).register_script(scripts.APPEND_EVENT)
         self._raise_floor = redis.register_script(scripts.RAISE_SEQ_FLOOR)
         self._restore = redis.register_script(scripts.RESTORE_EVENTS)
 

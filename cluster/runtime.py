@@ -20,6 +20,7 @@ from .config import ClusterConfig
 from .connection import async_redis
 from .errors import ERROR_CODES, CommandError, Draining, LeaseTaken
 from .fanout import Attachment, Fanout, Listener
+from .fastlane import FastLane
 from .history import Archive, read_through
 from .hub import PubSubHub
 from .log import LogRange, RoomLog
@@ -97,10 +98,14 @@ class ClusterRuntime:
         # What rooms/metrics.py exports besides the components' own counters.
         self.stats = NodeStats()
         self.redis = async_redis(self.redis_url)
+        # The per-message commands (the append, node-to-node requests) on one pipelined
+        # connection; None where it cannot follow the client (Redis Cluster, TLS).
+        self.fast = FastLane.for_client(self.redis)
         self.log = RoomLog(
             self.redis,
             history_limit=self.config.history_limit,
             dedupe_ttl_s=self.config.dedupe_ttl_s,
+            hot=self.fast,
         )
         self.hub = PubSubHub(self.redis, on_reconnect=self._on_reconnect)
         self.registry = RoomRegistry(self.redis, self.node)
@@ -132,7 +137,7 @@ class ClusterRuntime:
         )
         # The highest seq this node has acked per room: what it tells a room's next owner.
         self.witness = SeqWitness()
-        self.rpc = Rpc(self.redis, self.hub, self.node, self._serve_rpc)
+        self.rpc = Rpc(self.fast or self.redis, self.hub, self.node, self._serve_rpc)
         self.router = CommandRouter(
             config=self.config,
             registry=self.registry,
@@ -223,6 +228,8 @@ class ClusterRuntime:
         await self.rpc.stop()
         await self.membership.stop()
         await self.hub.stop()
+        if self.fast is not None:
+            await self.fast.close()
         await self.redis.aclose()
 
     @property
