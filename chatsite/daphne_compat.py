@@ -48,19 +48,25 @@ PREPARED_FRAMES = os.environ.get("RUNNODE_PREPARED_FRAMES", "on") != "off"
 _FRAMED_KEEP = 256  # frames whose bytes are remembered: the events a room's sockets still send
 # id(text) -> (text, frame bytes); holding the text keeps its id from being reused.
 _framed: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+_last_framed: tuple[str | None, bytes] = (None, b"")
 
 
 def framed(text: str) -> bytes:
     """One unmasked, uncompressed WebSocket text frame carrying ``text``, built once per text
     object: the outbox hands every socket the same string for one event."""
+    global _last_framed
+    last = _last_framed
+    if last[0] is text:  # the fan-out asks for one event's frame once per socket in a row
+        return last[1]
     cached = _framed.get(id(text))
     if cached is not None and cached[0] is text:
+        _last_framed = cached
         return cached[1]
     from autobahn.websocket.protocol import PreparedMessage
 
     # What WebSocketServerFactory.prepareMessage builds (servers do not mask).
     data = PreparedMessage(text.encode(), False, False, True).payloadHybi
-    _framed[id(text)] = (text, data)
+    _framed[id(text)] = _last_framed = (text, data)
     if len(_framed) > _FRAMED_KEEP:
         _framed.popitem(last=False)
     return data
@@ -72,6 +78,10 @@ class TransportProbe:
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
+        # id() of the protocol's transport once it was seen to be a plain Twisted TCP one: the
+        # per-event write then skips the checks that cannot change (the transport of a
+        # connection stays the same object; an id, not a reference, keeps nothing alive).
+        self._plain_tcp = 0
 
     def write_text(self, text: str, *, only_if_idle: bool = False) -> bool:
         """Write ``text`` as one frame straight into the socket's transport, now (the caller's
@@ -89,12 +99,26 @@ class TransportProbe:
             or protocol.state != protocol.STATE_OPEN
             or protocol._perMessageCompress is not None
             or protocol.send_queue
-            or protocol.transport is None
         ):
             return False
-        if only_if_idle and self._transport_buffered(protocol.transport):
+        transport = protocol.transport
+        if transport is None:
             return False
-        write_through(protocol.transport, framed(text))
+        if id(transport) == self._plain_tcp:
+            # The fan-out's common case, once per socket per event: a look at Twisted's
+            # buffer, then one send on the socket.
+            if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+                if only_if_idle:
+                    return False
+                transport.write(framed(text))
+                return True
+            send_now(transport, framed(text))
+            return True
+        if only_if_idle and self._transport_buffered(transport):
+            return False
+        if _is_plain_tcp(transport):
+            self._plain_tcp = id(transport)
+        write_through(transport, framed(text))
         return True
 
     def kernel_unsent(self) -> int:
@@ -147,19 +171,29 @@ def write_through(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but sent on the socket now when the transport holds nothing
     (order is kept: anything already buffered goes first through Twisted). Plain TCP only: a
     TLS transport, or anything not a Twisted TCP connection, takes the ordinary way."""
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or getattr(transport, "TLS", True)  # Twisted's TCP transports say False until startTLS
-        or not getattr(transport, "connected", False)
-        or getattr(transport, "disconnecting", True)
-        or getattr(transport, "_writeDisconnected", True)
-        or _fd_buffered(transport)
-    ):
+    if not _is_plain_tcp(transport) or _fd_buffered(transport):
         transport.write(data)
         return
+    send_now(transport, data)
+
+
+def _is_plain_tcp(transport: Any) -> bool:
+    return not (
+        getattr(transport, "socket", None) is None
+        or getattr(transport, "TLS", True)  # Twisted's TCP transports say False until startTLS
+        or not hasattr(transport, "dataBuffer")
+        or getattr(transport, "transport", None) is not None  # wraps another layer
+    )
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Send ``data`` on a plain TCP transport whose buffer is empty; what the kernel does not
+    take now goes to Twisted's buffer (which then writes it when the socket turns writable)."""
+    if not transport.connected or transport.disconnecting or transport._writeDisconnected:
+        transport.write(data)  # going away: Twisted's write knows what to do (drop it)
+        return
     try:
-        sent = sock.send(data)
+        sent = transport.socket.send(data)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:
