@@ -71,6 +71,7 @@ class _Pipe(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self.failure: Exception | None = None
         self._loop = asyncio.get_running_loop()
+        self._last_read = self._loop.time()
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -79,6 +80,7 @@ class _Pipe(asyncio.Protocol):
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = self._loop.time()
         self._reader.feed(data)
         waiting = self._waiting
         while True:
@@ -127,11 +129,13 @@ class _Pipe(asyncio.Protocol):
 
     def _check_overdue(self) -> None:
         """One timer per connection: a reply overdue by the timeout fails the connection (a
-        hung server or a half-open link), and every caller waiting on it."""
+        hung server or a half-open link), and every caller waiting on it. Overdue counts
+        from the later of the oldest send and the last bytes read: a node whose own loop was
+        held up (replies waiting, unread, in the socket) has not lost its server."""
         self._watchdog = None
         if not self._waiting or self.failure is not None:
             return
-        age = self._loop.time() - self._waiting[0][1]
+        age = self._loop.time() - max(self._waiting[0][1], self._last_read)
         if age >= self._timeout_s:
             self._fail(exceptions.TimeoutError(f"no reply from Redis in {self._timeout_s:.1f}s"))
             return
