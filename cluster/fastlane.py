@@ -10,8 +10,12 @@ connection (not per command) bounds how long a reply may take: ~10-17 µs per co
 
 It does what the hot path needs and no more: no retries (callers already handle a failed
 command: the room server answers ``unavailable`` and the client resends with the same
-client_id), no pub/sub reading (the hub does that). One connection, opened on first use and
-again after a failure.
+client_id). One connection, opened on first use and again after a failure.
+
+``LeanPubSub`` is the same idea for the hub's subscriptions: the part of redis-py's ``PubSub``
+that the hub uses (subscribe, unsubscribe, raw commands, ``get_message``), with messages
+parsed in ``data_received``. It never reconnects by itself: a lost connection raises from
+``get_message``, and the hub subscribes again and has every room fill its gap from the log.
 
 Where it runs: a plain server (``redis://``, ``unix://``) and Sentinel's current master (asked
 again after every failure, so a fail-over is followed). A Redis Cluster or a TLS connection gets
@@ -293,3 +297,200 @@ class LaneScript:
         except exceptions.NoScriptError:
             await self._lane.execute("SCRIPT", "LOAD", self._text)
             return await self._lane.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class _PubSubPipe(asyncio.Protocol):
+    """A connection in subscribed mode: every reply is a push, queued for ``get_message``."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(encoding="utf-8", replyError=_ReplyError)
+        self._transport: asyncio.Transport | None = None
+        self.messages: collections.deque[dict[str, Any]] = collections.deque()
+        self.failure: Exception | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        while True:
+            try:
+                reply = self._reader.gets()
+            except hiredis.ProtocolError as exc:
+                self._fail(exceptions.ConnectionError(f"Redis protocol error: {exc}"))
+                return
+            if reply is False:
+                break
+            self.messages.append(_push(reply))
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exceptions.ConnectionError(f"pub/sub connection lost: {exc or 'closed'}"))
+
+    def send(self, args: tuple[Any, ...]) -> None:
+        if self.failure is not None or self._transport is None:
+            raise self.failure or exceptions.ConnectionError("not connected")
+        self._transport.write(hiredis.pack_command(args))
+
+    async def wait(self, timeout: float, count: int = 1) -> None:
+        """Until ``count`` pushes are queued, the connection fails, or ``timeout`` passes."""
+        if len(self.messages) >= count or self.failure is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._wakeup = waiter = loop.create_future()
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
+    def close(self) -> None:
+        self._fail(exceptions.ConnectionError("closed"))
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            _resolve(self._wakeup)
+
+    def _fail(self, error: Exception) -> None:
+        if self.failure is None:
+            self.failure = error
+        if self._transport is not None:
+            self._transport.abort()
+        self._wake()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _push(reply: Any) -> dict[str, Any]:
+    """A push as redis-py's ``get_message`` shows it."""
+    if isinstance(reply, _ReplyError):
+        return {"type": "error", "channel": None, "data": str(reply)}
+    if not isinstance(reply, list) or not reply:
+        return {"type": "reply", "channel": None, "data": reply}
+    kind = str(reply[0])
+    if kind in ("message", "smessage") and len(reply) == 3:
+        return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
+    if kind == "pmessage" and len(reply) == 4:
+        return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
+    if kind == "pong":
+        return {"type": "pong", "channel": None, "data": reply[1] if len(reply) > 1 else ""}
+    return {"type": kind, "pattern": None, "channel": reply[1] if len(reply) > 1 else None,
+            "data": reply[2] if len(reply) > 2 else None}  # fmt: skip
+
+
+class _PoolShape:
+    """What the hub reads of a redis-py pool: where the connection goes."""
+
+    def __init__(self, address: Address) -> None:
+        self.connection_kwargs = {"host": address.host, "port": address.port, "path": address.path}
+
+
+class LeanPubSub:
+    """The subset of redis-py's asyncio ``PubSub`` that the hub uses, without its per-message
+    parsing, timeout contexts and health checks (the hub PINGs a silent connection itself)."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+        self._pipe: _PubSubPipe | None = None
+        self.connection_pool: _PoolShape | None = None
+
+    @classmethod
+    def for_client(cls, client: Any) -> LeanPubSub | None:
+        """A lean PubSub to ``client``'s server, or None where the lane cannot follow it."""
+        lane = FastLane.for_client(client)
+        return None if lane is None else cls(lane)
+
+    async def subscribe(self, *channels: str) -> None:
+        await self.execute_command("SUBSCRIBE", *channels)
+
+    async def unsubscribe(self, *channels: str) -> None:
+        await self.execute_command("UNSUBSCRIBE", *channels)
+
+    async def execute_command(self, *args: Any) -> None:
+        """Send a command; its confirmation arrives as a message (as with redis-py)."""
+        pipe = self._pipe
+        if pipe is None:
+            pipe = await self._connect()
+        pipe.send(args)
+
+    async def ping(self) -> None:
+        await self.execute_command("PING")
+
+    async def get_message(
+        self, ignore_subscribe_messages: bool = False, timeout: float | None = 0.0
+    ) -> dict[str, Any] | None:
+        """The next message, or None after ``timeout`` seconds; raises once the connection
+        is lost (never reconnects by itself: what was published meanwhile is gone)."""
+        pipe = self._pipe
+        if pipe is None:
+            raise exceptions.ConnectionError("not subscribed")
+        while True:
+            if pipe.messages:
+                message = pipe.messages.popleft()
+                if message["type"] == "error":
+                    # As redis-py's: a refused SSUBSCRIBE (MOVED) must not pass unnoticed.
+                    raise _reply_error(str(message["data"]))
+                if ignore_subscribe_messages and message["type"] in _CONFIRMATIONS:
+                    continue
+                return message
+            if pipe.failure is not None:
+                raise pipe.failure
+            if not timeout:
+                return None
+            await pipe.wait(timeout)
+            if not pipe.messages and pipe.failure is None:
+                return None
+
+    async def aclose(self) -> None:
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            pipe.close()
+
+    async def _connect(self) -> _PubSubPipe:
+        address = await self._lane._address()
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                if address.path:
+                    _, pipe = await loop.create_unix_connection(_PubSubPipe, address.path)
+                else:
+                    _, pipe = await loop.create_connection(_PubSubPipe, address.host, address.port)
+                # AUTH and SELECT answer before the connection is in subscribed mode: their
+                # replies are the first two queued, checked here.
+                expected = 0
+                if address.password is not None:
+                    user = (address.username,) if address.username else ()
+                    pipe.send(("AUTH", *user, address.password))
+                    expected += 1
+                if address.db:
+                    pipe.send(("SELECT", address.db))
+                    expected += 1
+                while len(pipe.messages) < expected and pipe.failure is None:
+                    await pipe.wait(CONNECT_TIMEOUT_S, expected)
+                if pipe.failure is not None:
+                    raise pipe.failure
+                for _ in range(expected):
+                    answer = pipe.messages.popleft()
+                    if answer["type"] == "error":
+                        pipe.close()
+                        raise _reply_error(str(answer["data"]))
+        except TimeoutError:
+            raise exceptions.TimeoutError(
+                f"connecting to Redis took over {CONNECT_TIMEOUT_S}s"
+            ) from None
+        except OSError as exc:
+            raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+        self._pipe = pipe
+        self.connection_pool = _PoolShape(address)
+        return pipe
+
+
+_CONFIRMATIONS = frozenset(
+    {"subscribe", "unsubscribe", "psubscribe", "punsubscribe", "ssubscribe", "sunsubscribe"}
+)

@@ -203,3 +203,90 @@ async def test_the_runtime_appends_through_the_lane(redis_url: str) -> None:
         assert runtime.fast.connects == 1
     finally:
         await runtime.stop()
+
+
+# -- the lean PubSub -------------------------------------------------------------------------
+
+
+async def next_of_type(pubsub, kind: str, timeout: float = 5.0) -> dict:
+    async with asyncio.timeout(timeout):
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == kind:
+                return message
+
+
+async def test_lean_pubsub_receives_what_is_published(redis_url: str) -> None:
+    from cluster.fastlane import LeanPubSub
+
+    client = async_redis(redis_url)
+    pubsub = LeanPubSub.for_client(client)
+    assert pubsub is not None
+    try:
+        await pubsub.subscribe("room-a", "room-b")
+        confirmed = [await next_of_type(pubsub, "subscribe") for _ in range(2)]
+        assert [m["channel"] for m in confirmed] == ["room-a", "room-b"]
+        for n in range(100):
+            await client.publish("room-a" if n % 2 else "room-b", f"E{n} é")
+        got = [await next_of_type(pubsub, "message") for _ in range(100)]
+        assert [m["data"] for m in got] == [f"E{n} é" for n in range(100)]  # in order
+        assert {m["channel"] for m in got} == {"room-a", "room-b"}
+        await pubsub.ping()
+        assert (await next_of_type(pubsub, "pong"))["type"] == "pong"
+        await pubsub.unsubscribe("room-b")
+        await next_of_type(pubsub, "unsubscribe")
+        assert await client.publish("room-b", "unheard") == 0
+        assert await pubsub.get_message(timeout=0.05) is None  # a quiet wait ends
+        assert pubsub.connection_pool is not None
+        assert pubsub.connection_pool.connection_kwargs["host"] == "127.0.0.1"
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_lean_pubsub_raises_when_the_server_goes(own_redis: EmbeddedRedis) -> None:
+    from cluster.fastlane import LeanPubSub
+
+    client = async_redis(own_redis.url)
+    pubsub = LeanPubSub.for_client(client)
+    assert pubsub is not None
+    try:
+        await pubsub.subscribe("c")
+        await next_of_type(pubsub, "subscribe")
+        own_redis.stop()
+        with pytest.raises(redis.exceptions.ConnectionError):
+            async with asyncio.timeout(5):
+                while True:  # never a silent reconnect: the hub must learn of the loss
+                    await pubsub.get_message(timeout=1.0)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_lean_pubsub_logs_in_and_reports_refusals(tmp_path: Path) -> None:
+    from cluster.fastlane import LeanPubSub
+
+    server = EmbeddedRedis.start(tmp_path / "auth", appendonly=False)
+    admin = redis.Redis(port=server.port, decode_responses=True)
+    admin.config_set("requirepass", "right")
+    admin.close()
+    good = async_redis(f"redis://:right@127.0.0.1:{server.port}/2")
+    bad = async_redis(f"redis://:wrong@127.0.0.1:{server.port}/0")
+    lean_good, lean_bad = LeanPubSub.for_client(good), LeanPubSub.for_client(bad)
+    assert lean_good is not None and lean_bad is not None
+    try:
+        await lean_good.subscribe("x")
+        assert (await next_of_type(lean_good, "subscribe"))["channel"] == "x"
+        with pytest.raises(redis.exceptions.ResponseError):
+            await lean_bad.subscribe("x")
+        await lean_good.execute_command("SUBSCRIBE")  # wrong arity: an error push
+        with pytest.raises(redis.exceptions.ResponseError):
+            async with asyncio.timeout(5):
+                while True:
+                    await lean_good.get_message(timeout=1.0)
+    finally:
+        await lean_good.aclose()
+        await lean_bad.aclose()
+        await good.aclose()
+        await bad.aclose()
+        server.stop()
