@@ -81,8 +81,11 @@ class Server:
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def start_redis(binary: str, *extra: str, timeout_s: float = 10.0) -> Server:
+def start_redis(binary: str, *extra: str, timeout_s: float = 10.0, below: int = 65536) -> Server:
+    """``below``: a port under it (a cluster node also listens on port + 10000)."""
     port = free_port()
+    while port >= below:
+        port = free_port()
     data_dir = Path(tempfile.mkdtemp(prefix="capacity-redis-"))
     args = [
         binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
