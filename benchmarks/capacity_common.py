@@ -99,6 +99,7 @@ def start_redis(binary: str, *extra: str, timeout_s: float = 10.0, below: int = 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            shutil.rmtree(data_dir, ignore_errors=True)
             raise RuntimeError(f"redis-server exited with {process.returncode}: {args}")
         with (
             contextlib.suppress(OSError),
