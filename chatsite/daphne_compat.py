@@ -34,11 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
+import logging
 import os
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
+logger = logging.getLogger("chatsite.daphne_compat")
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
 TRANSPORT_EXTENSION = "chat.transport"
 SLOW_CLOSE_WAIT_S = 10.0  # bounded: at most the socket's buffer budget is held meanwhile
@@ -220,6 +224,117 @@ def patch_daphne() -> None:
     expose_transport()
     bound_inbound()
     plain_autobahn_highlights()
+    compact_open_sockets()
+
+
+# What the opening handshake left on a socket's protocol that nothing reads once it is open:
+# the request and response bytes, the parsed headers (the scope has its own copy), the key.
+HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "clean_headers",
+)
+
+
+class LazyDeque:
+    """The part of a deque that autobahn uses for a protocol's ``send_queue`` (``append``,
+    ``popleft``, ``len``) and ``TransportProbe.buffered`` reads (truth, iteration), with the
+    deque made only while something waits in it: autobahn queues there only chopped or
+    synchronous sends, which this project does not make."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+
+    def append(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def popleft(self) -> Any:
+        items = self._items
+        if not items:
+            raise IndexError("pop from an empty deque")
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items or ())
+
+
+class _RequestPath:
+    """What daphne reads of the handshake's request once the socket is open: its path (for
+    the "disconnected" log line)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def compact_open_sockets() -> None:
+    """Once a socket is open, shrink what its protocol object holds (~3 kB of ~30 per idle
+    socket): autobahn copies its factory's 29 settings onto every protocol, which with
+    daphne's own attributes makes a 99-key instance dict (3.3 kB); they move to the class
+    (one factory per server: the values are the same objects), the handshake's leftovers go,
+    and the dict is rebuilt at its new size (dicts never shrink by themselves)."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    if getattr(WebSocketProtocol, "_chat_compacts", False):
+        return
+    original = WebSocketProtocol.onOpen
+
+    def on_open(self: Any) -> None:
+        original(self)
+        try:
+            compact_protocol(self)
+        except Exception:  # memory only: never a reason to fail a socket
+            logger.debug("compacting an open socket's protocol failed", exc_info=True)
+
+    WebSocketProtocol.onOpen = on_open
+    WebSocketProtocol._chat_compacts = True
+
+
+def compact_protocol(protocol: Any) -> None:
+    cls = type(protocol)
+    factory = protocol.factory
+    shared_by = cls.__dict__.get("_chat_config_factory")
+    if shared_by is None:
+        for name in cls.CONFIG_ATTRS:
+            value = getattr(factory, name)
+            # A plain function on the class would come back bound to the protocol: kept as
+            # it is on the instance (perMessageCompressionAccept is one).
+            setattr(cls, name, staticmethod(value) if inspect.isfunction(value) else value)
+        cls._chat_config_factory = shared_by = factory
+    attributes = protocol.__dict__
+    if shared_by is factory:
+        for name in cls.CONFIG_ATTRS:
+            if name in attributes and attributes[name] is getattr(cls, name):
+                del attributes[name]
+    for name in HANDSHAKE_LEFTOVERS:
+        if name in attributes:
+            attributes[name] = None
+    if isinstance(attributes.get("send_queue"), deque) and not attributes["send_queue"]:
+        attributes["send_queue"] = LazyDeque()  # 760 bytes while empty, which is always
+    request = attributes.get("request")
+    if request is not None and not isinstance(request, _RequestPath):
+        attributes["request"] = _RequestPath(getattr(request, "path", ""))
+    protocol.__dict__ = dict(attributes)
 
 
 def plain_autobahn_highlights() -> None:
