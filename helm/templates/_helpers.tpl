@@ -241,6 +241,10 @@ CHAT_ALLOW_GUESTS: {{ ternary "true" "false" .Values.chat.allowGuests | quote }}
 CHAT_HISTORY_LIMIT: {{ .Values.chat.historyLimit | int | quote }}
 CHAT_RATE_LIMIT: {{ .Values.chat.rateLimit | quote }}
 CHAT_SEND_TIMEOUT_MS: {{ .Values.chat.sendTimeoutMs | int | quote }}
+{{- if and .Values.redis.bundled.enabled (gt (int .Values.chat.redisMinReplicas) 0) }}
+{{- fail "chat.redisMinReplicas > 0 needs an external Redis with replicas: the bundled Redis has none" }}
+{{- end }}
+CHAT_REDIS_MIN_REPLICAS: {{ .Values.chat.redisMinReplicas | int | quote }}
 CHAT_ROOM_IDLE_S: {{ .Values.chat.roomIdleSeconds | int | quote }}
 CHAT_LOG_LEVEL: {{ .Values.chat.logLevel | upper | quote }}
 CHAT_ARCHIVE_LAG_S: {{ .Values.chat.archiveLagSeconds | toString | quote }}
