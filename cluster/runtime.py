@@ -26,6 +26,7 @@ from .log import LogRange, RoomLog
 from .membership import Membership
 from .placement import preferred_node
 from .registry import RoomRegistry
+from .replication import ReplicaWait
 from .router import CommandRouter
 from .rpc import Rpc
 from .seq_recovery import SeqWitness
@@ -97,13 +98,19 @@ class ClusterRuntime:
         # What rooms/metrics.py exports besides the components' own counters.
         self.stats = NodeStats()
         self.redis = async_redis(self.redis_url)
+        self.replicas = ReplicaWait(
+            self.redis,
+            min_replicas=self.config.min_replicas,
+            timeout_ms=self.config.replica_wait_ms,
+        )
         self.log = RoomLog(
             self.redis,
             history_limit=self.config.history_limit,
             dedupe_ttl_s=self.config.dedupe_ttl_s,
+            replicas=self.replicas,
         )
         self.hub = PubSubHub(self.redis, on_reconnect=self._on_reconnect)
-        self.registry = RoomRegistry(self.redis, self.node)
+        self.registry = RoomRegistry(self.redis, self.node, replicas=self.replicas)
         self.membership = Membership(
             self.redis, self.config, stats=self._stats, on_lost=self._on_lost
         )
