@@ -40,7 +40,11 @@ SYSTEM_REDIS = "/usr/bin/redis-server"
 
 
 def binary() -> str:
-    """Redis 7 if the machine has it (the production version), else the embedded 6.2."""
+    """$CHAT_TEST_REDIS_SERVER if set; else Redis 7 if the machine has it (the production
+    version), else the embedded 6.2."""
+    named = os.environ.get("CHAT_TEST_REDIS_SERVER")
+    if named:
+        return named
     return SYSTEM_REDIS if os.access(SYSTEM_REDIS, os.X_OK) else redis_server_binary()
 
 
