@@ -17,6 +17,7 @@ follows MOVED/ASK redirections and shard fail-overs itself; it has only database
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -36,7 +37,7 @@ CLIENT_OPTIONS: dict[str, Any] = {
     "socket_timeout": 5,
 }
 # TLS options a cluster URL may carry, each with how its text becomes the client's argument.
-_TLS_OPTIONS = {
+_TLS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "ssl_ca_certs": str,
     "ssl_certfile": str,
     "ssl_keyfile": str,
