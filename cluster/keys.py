@@ -110,9 +110,8 @@ def parse_presence_field(field: str) -> tuple[str, str] | None:
 
 
 def node_rpc_channel(name: str) -> str:
-    """A node's RPC inbox. Classic pub/sub on every deployment (a Redis Cluster broadcasts it):
-    a request is small and rare next to room traffic, and the caller learns from PUBLISH's
-    answer whether anyone heard it."""
+    """A node's RPC inbox: sharded pub/sub on a Redis Cluster 7+ (its tag picks the shard),
+    classic elsewhere (cluster/rpc.py)."""
     return f"{PREFIX}:{{node:{name}}}:rpc"
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from . import events, scripts
 from .errors import ClusterError, Fenced
 from .keys import RoomKeys
+from .publishing import room_publish_command
 
 READ_BATCH = 500
 # Events per script call when restoring archived events: each call blocks Redis briefly.
@@ -131,6 +132,8 @@ class RoomLog:
                 "" if reservation is None else str(reservation),
                 deleted_id,
                 deleted_seq,
+                # SPUBLISH on a Redis Cluster 7+ (cluster/publishing.py; cached per client).
+                await room_publish_command(self._redis),
             ],
         )
         status = reply[0]
