@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from . import events, scripts
 from .errors import ClusterError, Fenced
 from .keys import RoomKeys
+from .publishing import room_publish_command
 from .replication import ReplicaWait
 
 READ_BATCH = 500
@@ -146,6 +147,8 @@ class RoomLog:
                 "" if reservation is None else str(reservation),
                 deleted_id,
                 deleted_seq,
+                # SPUBLISH on a Redis Cluster 7+ (cluster/publishing.py; cached per client).
+                await room_publish_command(self._redis),
             ],
             wrote=_appended,
         )

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from . import keys, scripts
 from .errors import LeaseTaken
 from .keys import RoomKeys
+from .publishing import publish
 from .replication import ReplicaWait
 
 logger = logging.getLogger("cluster.registry")
@@ -68,7 +69,7 @@ class RoomRegistry:
         self._remember(slug, lease)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.node_rooms_key(self._node), slug)
-            pipe.publish(keys.CLUSTER_CHANNEL, _announce("owner", lease))
+            publish(pipe, keys.CLUSTER_CHANNEL, _announce("owner", lease))
             await pipe.execute()
         return lease
 
@@ -82,7 +83,7 @@ class RoomRegistry:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(keys.node_rooms_key(lease.node), lease.slug)
             if released:
-                pipe.publish(keys.CLUSTER_CHANNEL, json.dumps(payload))
+                publish(pipe, keys.CLUSTER_CHANNEL, json.dumps(payload))
             await pipe.execute()
         return released
 
