@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio
 
 from cluster.commands import Command
@@ -24,6 +26,8 @@ from cluster.errors import CommandError, ReplicasBehind
 from cluster.keys import RoomKeys
 from cluster.replication import ReplicaWait
 from cluster.runtime import ClusterRuntime
+from tests.support.cluster_plugin import redis_cluster, redis_cluster_session  # noqa: F401
+from tests.support.redis_cluster_topology import RedisClusterTopology
 from tests.support.sentinel_topology import SentinelTopology
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,3 +209,49 @@ def test_setting_reaches_the_cluster_config() -> None:
     assert settings.CHAT_REDIS_MIN_REPLICAS == 0
     assert config_from_settings().min_replicas == 0
     assert config_from_settings(min_replicas=2).min_replicas == 2
+
+
+# -- Redis Cluster: WAIT on the slot's master, through the cluster client -------------------
+
+
+def replica_reader(port: int) -> redis.Redis:
+    """A client for a cluster replica that may read there (READONLY on its one connection)."""
+    reader = redis.Redis(port=port, decode_responses=True, single_connection_client=True)
+    reader.execute_command("READONLY")
+    return reader
+
+
+async def test_on_a_redis_cluster_the_wait_follows_the_write_to_its_slot_master(
+    redis_cluster: RedisClusterTopology,  # noqa: F811
+) -> None:
+    k = RoomKeys("lobby")
+    master = redis_cluster.master_for_key(k.log)
+    (replica,) = redis_cluster.replicas_of(master)
+    reader = replica_reader(replica)
+    for port in redis_cluster.masters():
+        redis_cluster.client(port).config_resetstat()
+    runtime = make(redis_cluster.url, min_replicas=1)
+    await runtime.start()
+    try:
+        for i in range(1, 4):
+            ack = await runtime.submit("lobby", send(f"c{i}", f"message {i}"))
+            assert reader.xrange(k.log, f"{ack.seq}-0", f"{ack.seq}-0"), f"seq {ack.seq}"
+        stopped = redis_cluster.nodes[replica].process
+        stopped.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(CommandError) as refused:
+                await runtime.submit("lobby", send("c4", "not yet safe"))
+            assert refused.value.code == "unavailable"
+        finally:
+            stopped.send_signal(signal.SIGCONT)
+        ack = await runtime.submit("lobby", send("c4", "not yet safe"))
+        assert ack.duplicate and ack.seq == 4
+        assert reader.xrange(k.log, "4-0", "4-0")
+        # WAIT ran on the room's master only: the other masters never saw one.
+        for port in redis_cluster.masters():
+            stats = redis_cluster.client(port).info("commandstats")
+            calls = int(stats.get("cmdstat_wait", {}).get("calls", 0))
+            assert (calls > 0) == (port == master), (port, master, calls)
+    finally:
+        await runtime.stop()
+        reader.close()
