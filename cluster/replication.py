@@ -116,6 +116,33 @@ class ReplicaWait:
         _, confirmed = await self._with_wait(self._rewrite, [key], [])
         self._check(confirmed)
 
+    async def warn_if_short(self) -> int | None:
+        """Log a warning when a master has fewer replicas connected than acks wait for (every
+        append there would be answered ``unavailable``); returns the fewest replicas any master
+        has (None: not asked, or Redis did not say). Called once when a node starts."""
+        if not self.enabled:
+            return None
+        try:
+            if isinstance(self._redis, RedisCluster):
+                infos = await self._redis.execute_command(
+                    "INFO", "replication", target_nodes=RedisCluster.PRIMARIES
+                )
+                counts = [int(info.get("connected_slaves", 0)) for info in infos.values()]
+            else:
+                info = await self._redis.info("replication")
+                counts = [int(info.get("connected_slaves", 0))]
+        except Exception as exc:
+            logger.warning("could not count the connected replicas: %s", exc)
+            return None
+        fewest = min(counts, default=0)
+        if fewest < self.min_replicas:
+            logger.warning(
+                "CHAT_REDIS_MIN_REPLICAS=%d but a master has %d replica(s) connected: appends "
+                "there are answered unavailable until enough replicas confirm them",
+                self.min_replicas, fewest,
+            )  # fmt: skip
+        return fewest
+
     def _check(self, confirmed: int) -> None:
         if confirmed < self.min_replicas:
             self.shortfalls += 1

@@ -175,6 +175,7 @@ class ClusterRuntime:
             logger.info("cleared %d presence entries left by an earlier %s", stale, self.node)
         self.fanout.start()
         await self.membership.start()
+        await self.replicas.warn_if_short()
         await self.supervisor.start()
         for number, worker in enumerate(self.hooks.workers):
             self._tasks.spawn(worker(self), f"worker{number}:{getattr(worker, '__name__', '')}")

@@ -233,6 +233,7 @@ async def test_on_a_redis_cluster_the_wait_follows_the_write_to_its_slot_master(
     runtime = make(redis_cluster.url, min_replicas=1)
     await runtime.start()
     try:
+        assert await runtime.replicas.warn_if_short() == 1  # every master has its replica
         for i in range(1, 4):
             ack = await runtime.submit("lobby", send(f"c{i}", f"message {i}"))
             assert reader.xrange(k.log, f"{ack.seq}-0", f"{ack.seq}-0"), f"seq {ack.seq}"
@@ -255,3 +256,22 @@ async def test_on_a_redis_cluster_the_wait_follows_the_write_to_its_slot_master(
     finally:
         await runtime.stop()
         reader.close()
+
+
+async def test_a_node_warns_at_start_when_replicas_are_missing(
+    pair: SentinelTopology, caplog: pytest.LogCaptureFixture
+) -> None:
+    pair.replicas[0].kill()
+    master = pair.master.client()
+    for _ in range(100):  # the master notices the replica's link went down
+        if int(master.info("replication")["connected_slaves"]) == 0:
+            break
+        await asyncio.sleep(0.05)
+    runtime = make(pair.master_url, min_replicas=1)
+    with caplog.at_level("WARNING", logger="cluster.replication"):
+        await runtime.start()
+    try:
+        assert "CHAT_REDIS_MIN_REPLICAS=1 but a master has 0 replica(s)" in caplog.text
+    finally:
+        await runtime.stop()
+    assert await ReplicaWait(runtime.redis, min_replicas=0, timeout_ms=1).warn_if_short() is None
