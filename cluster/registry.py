@@ -34,8 +34,9 @@ class RoomRegistry:
     def __init__(self, redis: Redis, node: str, *, replicas: ReplicaWait | None = None) -> None:
         self._redis = redis
         self._node = node
-        # A claim (its epoch INCR and the lease) waits for replicas like an append: a fail-over
-        # must never hand the room back to an older epoch that a fenced owner still holds.
+        # A claim (its epoch INCR and the lease) waits for the replicas like an append: a room
+        # server starts only on a lease that a fail-over cannot take back to the previous
+        # owner's older epoch (which would let that owner append again, beside this one).
         self._replicas = replicas or ReplicaWait(redis, min_replicas=0, timeout_ms=0)
         self._claim = redis.register_script(scripts.CLAIM_LEASE)
         self._release = redis.register_script(scripts.RELEASE_LEASE)
