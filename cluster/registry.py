@@ -36,7 +36,8 @@ class RoomRegistry:
         self._node = node
         # A claim (its epoch INCR and the lease) waits for the replicas like an append: a room
         # server starts only on a lease that a fail-over cannot take back to the previous
-        # owner's older epoch (which would let that owner append again, beside this one).
+        # owner's older epoch (that owner could append again while this one believes it owns
+        # the room; this one's appends would be fenced only from its next one on).
         self._replicas = replicas or ReplicaWait(redis, min_replicas=0, timeout_ms=0)
         self._claim = redis.register_script(scripts.CLAIM_LEASE)
         self._release = redis.register_script(scripts.RELEASE_LEASE)
