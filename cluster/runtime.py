@@ -29,7 +29,7 @@ from .registry import RoomRegistry
 from .replication import ReplicaWait
 from .router import CommandRouter
 from .rpc import Rpc
-from .seq_recovery import SeqWitness
+from .seq_recovery import ASK_NODES_TIMEOUT_S, SeqWitness
 from .state_store import StateStore
 from .stats import NodeStats
 from .supervisor import HandoffHint, Supervisor
@@ -328,7 +328,11 @@ class ClusterRuntime:
         others = [n for n in self.membership.live if n != self.node]
 
         async def one(node: str) -> int:
-            reply = await self.rpc.call(node, "known_seq", {"room": slug}, timeout=0.8)
+            # Inside the asker's own bound: a slow peer is left out, but this node's answer
+            # (computed below) always arrives. Were the asker to time out first, it would drop
+            # our own seqs too and could reissue them (seen in a shard fail-over under load).
+            timeout = ASK_NODES_TIMEOUT_S * 0.8
+            reply = await self.rpc.call(node, "known_seq", {"room": slug}, timeout=timeout)
             return int(reply.get("seq", 0))
 
         answers = await asyncio.gather(*(one(n) for n in others), return_exceptions=True)
