@@ -40,7 +40,12 @@ def channel_layers_for(redis_url: str) -> dict[str, Any]:
         host: dict[str, Any] = {
             "master_name": target.master,
             "sentinels": target.sentinels,
-            "sentinel_kwargs": {"password": target.sentinel_password, **tls},
+            "sentinel_kwargs": {
+                "username": target.sentinel_username,
+                "password": target.sentinel_password,
+                **tls,
+            },
+            "username": target.username,
             "password": target.password,
             "db": target.db,
             **tls,

@@ -27,6 +27,7 @@ from . import events
 from .hub import PubSubHub
 from .keys import RoomKeys
 from .log import RoomLog
+from .publishing import publish
 from .stats import NodeStats
 from .tasks import TaskGroup
 
@@ -138,7 +139,14 @@ class Delivery:
         channel = RoomKeys(slug).channel
         # Subscribe first, then read the watermark: anything published in between is either
         # at or below it (skipped) or above it (delivered), never lost.
-        await self._hub.subscribe(channel, lambda data: self._on_publish(room, data))
+        # Sharded: on a Redis Cluster 7+ the room's channel is SSUBSCRIBEd on the master of the
+        # room's slot; if that slot moves, the hub subscribes it again there and we fill the gap.
+        await self._hub.subscribe(
+            channel,
+            lambda data: self._on_publish(room, data),
+            sharded=True,
+            on_resubscribed=lambda: room.inbox.put_nowait((CHECK_LOG, "")),
+        )
         try:
             room.last_seq = await self._log.last_seq(slug)
         except BaseException:
@@ -179,7 +187,8 @@ class Delivery:
 
     async def typing(self, slug: str, user: str) -> None:
         payload = json.dumps({"user": user, "node": self._node})
-        await self._redis.publish(RoomKeys(slug).channel, "T" + payload)
+        command = self._hub.publish_command(sharded=True)
+        await publish(self._redis, RoomKeys(slug).channel, "T" + payload, command)
 
     # -- from pub/sub --------------------------------------------------------------------
 

@@ -220,6 +220,10 @@ class FastLane:
             pipe = await self._connected()
         return await pipe.call(args)
 
+    async def execute_command(self, *args: Any) -> Any:
+        """As redis-py's ``execute_command`` (cluster/publishing.py publishes through it)."""
+        return await self.execute(*args)
+
     async def publish(self, channel: str, message: str) -> int:
         """PUBLISH, answering how many subscribers heard it (as redis-py's ``publish``)."""
         return int(await self.execute("PUBLISH", channel, message))
@@ -288,14 +292,14 @@ class LaneScript:
 
     def __init__(self, lane: FastLane, text: str) -> None:
         self._lane = lane
-        self._text = text
+        self.script = text  # as redis-py's AsyncScript names them (ReplicaWait reads both)
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
     async def __call__(self, keys: list[str], args: list[Any]) -> Any:
         try:
             return await self._lane.execute("EVALSHA", self.sha, len(keys), *keys, *args)
         except exceptions.NoScriptError:
-            await self._lane.execute("SCRIPT", "LOAD", self._text)
+            await self._lane.execute("SCRIPT", "LOAD", self.script)
             return await self._lane.execute("EVALSHA", self.sha, len(keys), *keys, *args)
 
 

@@ -1,23 +1,50 @@
-"""One pub/sub connection per node, shared by every room, the RPC inbox and membership.
+"""The node's pub/sub connections, shared by every room, the RPC inbox and membership.
 
-Pub/sub is at-most-once: whatever was published while the connection was down is gone. So the
+Pub/sub is at-most-once: whatever was published while a connection was down is gone. So the
 hub reconnects with backoff, re-subscribes every channel, and then tells its listeners, who fill
 their gaps from the durable log.
 
 A connection can also die without closing (a half-open TCP connection, a black-holed network):
-reads then simply time out and the node would hear nothing, forever. So when the connection has
+reads then simply time out and the node would hear nothing, forever. So when a connection has
 been silent for a while the hub sends a PING on it and treats a missing PONG as a lost connection.
+
+Connections ("links"):
+
+- One Redis or Sentinel: one classic link (SUBSCRIBE) carries every channel.
+- A Redis Cluster 6.2: one classic link to any node carries every channel; the cluster
+  broadcasts every classic PUBLISH to all its nodes. If that node goes, the link moves on to
+  another one.
+- A Redis Cluster 7+: room channels (``subscribe(..., sharded=True)``) go by sharded pub/sub
+  (cluster/publishing.py): one link per shard master, SSUBSCRIBE on the master that holds the
+  channel's slot; so does each node's RPC inbox (its own hash tag ``{node:NAME}``), which makes
+  SPUBLISH's answer (how many heard it) exact. Cluster-wide announcements stay on the classic
+  link: every node must hear them, and a cluster broadcasts a classic PUBLISH to all nodes.
+  redis-py's async PubSub has no ``ssubscribe``: the hub sends SSUBSCRIBE/SUNSUBSCRIBE itself
+  and reads the ``smessage``/``sunsubscribe`` pushes from ``get_message``, which returns
+  message types it does not know as they are.
+
+A shard link that fails (its master died, a fail-over is under way) is dropped and its channels
+are placed again from a fresh slot map, on whichever master holds each slot now; the hub then
+calls ``on_reconnect`` (every room fills its gap from the log). A ``sunsubscribe`` that the hub
+did not ask for means the channel's slot moved to another master (a resharding): that channel
+alone is placed again, and its own ``on_resubscribed`` callback fills that room's gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
+from .publishing import PUBLISH, SPUBLISH, room_publish_command
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger("cluster.hub")
@@ -27,43 +54,144 @@ Handler = Callable[[str], None]
 READ_WAIT_S = 0.5  # one wait for a message; bounds how late a health check can start
 SILENCE_BEFORE_PING_S = 2.0  # no message for this long: ask the server if it is still there
 PONG_TIMEOUT_S = 3.0  # no answer to that PING for this long: the connection is dead
+BACKOFF_MIN_S = 0.05
+BACKOFF_MAX_S = 2.0
+IDLE_CHANNEL = "chat:__hub__"  # subscribed when nothing else is, so a dead Redis shows at start
 
 
 class HalfOpenConnection(ConnectionError):
     """The pub/sub connection stopped answering PINGs."""
 
 
+@dataclass(eq=False)
+class _Link:
+    """One pub/sub connection and the channels it carries."""
+
+    name: str  # "classic" or the shard master's "host:port"
+    sharded: bool
+    pubsub: PubSub
+    channels: set[str] = field(default_factory=set)
+    # Channels we asked to leave, until Redis confirms: their sunsubscribe is no slot move.
+    leaving: set[str] = field(default_factory=set)
+    task: asyncio.Task[None] | None = None
+    client: Redis | None = None  # the link's own client (cluster links), closed with it
+
+    async def send(self, command: str, *channels: str) -> None:
+        await self.pubsub.execute_command(command, *channels)
+
+    async def close(self) -> None:
+        try:
+            await self.pubsub.aclose()
+        except Exception:
+            logger.debug("closing a broken pubsub connection failed", exc_info=True)
+        if self.client is not None:
+            try:
+                await self.client.aclose()
+            except Exception:
+                logger.debug("closing a link's client failed", exc_info=True)
+
+
 class PubSubHub:
     def __init__(
-        self, redis: Redis, *, on_reconnect: Callable[[], Awaitable[None]] | None = None
+        self,
+        redis: Redis | RedisCluster,
+        *,
+        on_reconnect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
+        self._cluster = isinstance(redis, RedisCluster)
         self._handlers: dict[str, Handler] = {}
-        self._pubsub: PubSub | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._sharded_wanted: set[str] = set()  # channels subscribed with sharded=True
+        self._on_resubscribed: dict[str, Callable[[], None]] = {}
         self._on_reconnect = on_reconnect
         self._lock = asyncio.Lock()
+        self._classic: _Link | None = None
+        self._classic_task: asyncio.Task[None] | None = None
+        self._shards: dict[str, _Link] = {}  # master name -> its link
+        self._placement: dict[str, _Link] = {}  # sharded channel -> the link carrying it
+        self._unplaced: dict[str, bool] = {}  # sharded channel -> moved alone (not a lost link)
+        self._placer: asyncio.Task[None] | None = None
+        self._placed = asyncio.Event()  # set while no sharded channel waits for a link
+        self._placed.set()
+        self._classic_up = False
+        self.sharded = False  # room channels go by SSUBSCRIBE (known after start)
         self.connected = asyncio.Event()
         self.reconnects = 0
         self.errors = 0  # connections lost (or never made): a Redis error each
         self.messages = 0
         self.half_open_detected = 0
+        self.slot_moves = 0  # sharded channels placed again after their slot moved
+
+    # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._connect()
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop(), name="hub")
+        if self._cluster:
+            self.sharded = await room_publish_command(self._redis) == SPUBLISH
+        await self._connect_classic()
+        self._classic_task = asyncio.get_running_loop().create_task(
+            self._classic_loop(), name="hub"
+        )
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._reader)
-        self._reader = None
-        await self._close()
+        await cancel_and_wait(self._placer)
+        self._placer = None
+        await cancel_and_wait(self._classic_task)
+        self._classic_task = None
+        for link in list(self._shards.values()):
+            await cancel_and_wait(link.task)
+            await link.close()
+        self._shards.clear()
+        self._placement.clear()
+        self._classic_up = False
+        self._update_connected()
+        classic, self._classic = self._classic, None
+        if classic is not None:
+            await classic.close()
 
-    async def subscribe(self, channel: str, handler: Handler) -> None:
+    # -- what publishers need to know ------------------------------------------------------
+
+    def publish_command(self, *, sharded: bool) -> str:
+        """The command that reaches subscribers of a channel subscribed with ``sharded``."""
+        return SPUBLISH if sharded and self.sharded else PUBLISH
+
+    def counts_listeners(self, *, sharded: bool) -> bool:
+        """Whether a publish's answer counts every subscriber of such a channel. A Redis
+        Cluster answers a classic PUBLISH with the subscribers of the node that took it only
+        (it broadcasts to the others over its bus): zero there proves nothing."""
+        return not self._cluster or (sharded and self.sharded)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        handler: Handler,
+        *,
+        sharded: bool = False,
+        on_resubscribed: Callable[[], None] | None = None,
+    ) -> None:
+        """Deliver ``channel``'s messages to ``handler``. ``sharded``: the channel carries a
+        hash tag and is published with ``room_publish_command`` (a room's events).
+        ``on_resubscribed``: called after the channel alone was subscribed again elsewhere
+        (its slot moved); whatever was published meanwhile is lost to pub/sub."""
         async with self._lock:
             self._handlers[channel] = handler
-            if self._pubsub is not None and self.connected.is_set():
+            if on_resubscribed is not None:
+                self._on_resubscribed[channel] = on_resubscribed
+            if sharded and self.sharded:
+                self._sharded_wanted.add(channel)
                 try:
-                    await self._pubsub.subscribe(channel)
+                    await self._place(channel)
+                except Exception as exc:
+                    # The placer retries with a fresh slot map; the room fills its gap then.
+                    logger.warning("ssubscribe %s failed (%s); will retry", channel, exc)
+                    self._unplace(channel, moved=False)
+                return
+            classic = self._classic
+            if classic is not None and self._classic_up:
+                try:
+                    await classic.pubsub.subscribe(channel)
+                    classic.channels.add(channel)
                 except Exception:
                     # The read loop notices the broken connection and re-subscribes everything.
                     logger.warning("subscribe %s failed; will resubscribe on reconnect", channel)
@@ -72,73 +200,142 @@ class PubSubHub:
         async with self._lock:
             if self._handlers.pop(channel, None) is None:
                 return
-            if self._pubsub is not None and self.connected.is_set():
-                try:
-                    await self._pubsub.unsubscribe(channel)
-                except Exception:
-                    logger.warning("unsubscribe %s failed", channel)
+            self._on_resubscribed.pop(channel, None)
+            if channel in self._sharded_wanted:
+                self._sharded_wanted.discard(channel)
+                self._unplaced.pop(channel, None)
+                link = self._placement.pop(channel, None)
+                if link is not None:
+                    link.channels.discard(channel)
+                    link.leaving.add(channel)
+                    try:
+                        await link.send("SUNSUBSCRIBE", channel)
+                    except Exception:
+                        logger.warning("sunsubscribe %s failed", channel)
+                    if not link.channels:
+                        await self._drop_shard(link)
+                self._update_connected()
+                return
+            classic = self._classic
+            if classic is not None:
+                classic.channels.discard(channel)
+                if self._classic_up:
+                    try:
+                        await classic.pubsub.unsubscribe(channel)
+                    except Exception:
+                        logger.warning("unsubscribe %s failed", channel)
 
-    async def _connect(self) -> None:
+    # -- the classic link ------------------------------------------------------------------
+
+    def _link_client(self, host: str, port: int) -> Redis:
+        """A plain client to one cluster node, with the cluster client's credentials and TLS.
+        No retries of its own: a failure must reach the hub, which re-subscribes and has
+        every room fill its gap (a silent reconnect would lose messages unnoticed)."""
+        assert isinstance(self._redis, RedisCluster)
+        template = self._redis.get_nodes()[0]
+        kwargs = dict(template.connection_kwargs)
+        for private in ("host", "port", "retry", "health_check_interval", "event_dispatcher"):
+            kwargs.pop(private, None)
+        pool = ConnectionPool(
+            connection_class=template.connection_class,
+            host=host,
+            port=port,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+            **kwargs,
+        )
+        return Redis(connection_pool=pool)
+
+    async def _classic_client(self) -> tuple[Redis, Redis | None]:
+        """The client for the classic link, and the client to close with it (cluster only)."""
+        if not self._cluster:
+            assert isinstance(self._redis, Redis)
+            return self._redis, None
+        assert isinstance(self._redis, RedisCluster)
+        await self._redis.initialize()
+        nodes = self._redis.get_primaries() or self._redis.get_nodes()
+        node = random.choice(nodes)
+        client = self._link_client(node.host, int(node.port))
+        return client, client
+
+    async def _connect_classic(self) -> None:
         async with self._lock:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-            channels = list(self._handlers)
-            if channels:
-                await pubsub.subscribe(*channels)
-            else:
-                # Force the connection now so that a dead Redis is noticed at start.
-                await pubsub.subscribe("chat:__hub__")
-            self._pubsub = pubsub
-            self.connected.set()
-
-    async def _close(self) -> None:
-        self.connected.clear()
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
+            client, own = await self._classic_client()
+            link = _Link("classic", sharded=False, pubsub=client.pubsub(), client=own)
+            channels = [c for c in self._handlers if c not in self._sharded_wanted]
             try:
-                await pubsub.aclose()
-            except Exception:
-                logger.debug("closing a broken pubsub connection failed", exc_info=True)
+                # Force the connection now so that a dead Redis is noticed at start. Through
+                # PubSub.subscribe: redis-py re-subscribes these itself if it reconnects.
+                await link.pubsub.subscribe(*(channels or [IDLE_CHANNEL]))
+            except BaseException:
+                await link.close()
+                raise
+            link.channels.update(channels)
+            self._classic = link
+            self._classic_up = True
+            self._update_connected()
 
-    async def _read_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        backoff = 0.05
-        last_heard = loop.time()
-        ping_sent: float | None = None
+    async def _close_classic(self) -> None:
+        self._classic_up = False
+        self._update_connected()
+        link, self._classic = self._classic, None
+        if link is not None:
+            await link.close()
+
+    async def _classic_loop(self) -> None:
+        backoff = BACKOFF_MIN_S
         while True:
-            pubsub = self._pubsub
             try:
-                if pubsub is None:
-                    await self._connect()
+                if self._classic is None:
+                    await self._connect_classic()
                     self.reconnects += 1
-                    backoff = 0.05
-                    last_heard, ping_sent = loop.time(), None
+                    backoff = BACKOFF_MIN_S
                     logger.info("pub/sub reconnected; %d channels", len(self._handlers))
-                    if self._on_reconnect is not None:
-                        await self._on_reconnect()
+                    await self._resync_all()
                     continue
-                message = await pubsub.get_message(timeout=READ_WAIT_S)
-                now = loop.time()
-                if message is not None:
-                    last_heard, ping_sent = now, None
-                elif ping_sent is not None and now - ping_sent > PONG_TIMEOUT_S:
-                    self.half_open_detected += 1
-                    raise HalfOpenConnection(f"no PONG in {PONG_TIMEOUT_S:.1f}s")
-                elif ping_sent is None and now - last_heard > SILENCE_BEFORE_PING_S:
-                    async with self._lock:
-                        await pubsub.ping()
-                    ping_sent = now
-                if message is None or message.get("type") != "message":
-                    continue
-                self.messages += 1
-                self._dispatch(message["channel"], message["data"])
+                await self._read(self._classic)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.errors += 1
                 logger.warning("pub/sub connection lost (%s); retrying in %.2fs", exc, backoff)
-                await self._close()
+                await self._close_classic()
+                if self._cluster:
+                    await self._refresh_slot_map()
                 await asyncio.sleep(backoff)
-                backoff = min(2.0, backoff * 2)
+                backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _resync_all(self) -> None:
+        if self._on_reconnect is not None:
+            await self._on_reconnect()
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def _read(self, link: _Link) -> None:
+        """Read ``link`` until it fails (raises): dispatch messages, PING when silent."""
+        loop = asyncio.get_running_loop()
+        last_heard = loop.time()
+        ping_sent: float | None = None
+        while True:
+            message = await link.pubsub.get_message(timeout=READ_WAIT_S)
+            now = loop.time()
+            if message is not None:
+                last_heard, ping_sent = now, None
+            elif ping_sent is not None and now - ping_sent > PONG_TIMEOUT_S:
+                self.half_open_detected += 1
+                raise HalfOpenConnection(f"no PONG in {PONG_TIMEOUT_S:.1f}s")
+            elif ping_sent is None and now - last_heard > SILENCE_BEFORE_PING_S:
+                async with self._lock:
+                    await link.send("PING")
+                ping_sent = now
+            if message is None:
+                continue
+            kind = message.get("type")
+            if kind in ("message", "smessage"):
+                self.messages += 1
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "sunsubscribe":
+                self._on_sunsubscribe(link, str(message["channel"]))
 
     def _dispatch(self, channel: str, data: str) -> None:
         handler = self._handlers.get(channel)
@@ -148,3 +345,137 @@ class PubSubHub:
             handler(data)
         except Exception:
             logger.exception("handler for %s failed", channel)
+
+    # -- sharded links (Redis Cluster 7+) ------------------------------------------------------
+
+    async def _place(self, channel: str) -> None:
+        """SSUBSCRIBE ``channel`` on the master that holds its slot (caller holds the lock)."""
+        assert isinstance(self._redis, RedisCluster)
+        node = self._redis.get_node_from_key(channel)
+        link = self._shards.get(node.name)
+        if link is None:
+            link = await self._open_shard(node.name, node.host, int(node.port))
+        await link.send("SSUBSCRIBE", channel)
+        link.channels.add(channel)
+        link.leaving.discard(channel)
+        self._placement[channel] = link
+        self._unplaced.pop(channel, None)
+
+    async def _open_shard(self, name: str, host: str, port: int) -> _Link:
+        client = self._link_client(host, port)
+        link = _Link(name, sharded=True, pubsub=client.pubsub(), client=client)
+        try:
+            await link.send("PING")  # connect now: a dead master fails here, not in the loop
+        except BaseException:
+            await link.close()
+            raise
+        link.task = asyncio.get_running_loop().create_task(
+            self._shard_loop(link), name=f"hub:{name}"
+        )
+        self._shards[name] = link
+        return link
+
+    async def _shard_loop(self, link: _Link) -> None:
+        try:
+            await self._read(link)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.errors += 1
+            logger.warning("shard pub/sub link %s lost (%s); placing its channels again",
+                           link.name, exc)  # fmt: skip
+            async with self._lock:
+                if self._shards.get(link.name) is link:
+                    del self._shards[link.name]
+                for channel in list(link.channels):
+                    if self._placement.get(channel) is link:
+                        del self._placement[channel]
+                        self._unplace(channel, moved=False)
+                link.channels.clear()
+            await link.close()
+
+    def _on_sunsubscribe(self, link: _Link, channel: str) -> None:
+        if channel in link.leaving:
+            link.leaving.discard(channel)
+            return
+        if channel not in link.channels:
+            return
+        # Not asked for: Redis dropped the subscription because the slot moved away.
+        link.channels.discard(channel)
+        if self._placement.get(channel) is link:
+            del self._placement[channel]
+            self._unplace(channel, moved=True)
+
+    def _unplace(self, channel: str, *, moved: bool) -> None:
+        """``channel`` waits for the placer (with its reason: moved alone, or a lost link)."""
+        if channel not in self._sharded_wanted:
+            return
+        self._unplaced[channel] = self._unplaced.get(channel, True) and moved
+        self._update_connected()
+        if self._placer is None or self._placer.done():
+            self._placer = asyncio.get_running_loop().create_task(
+                self._place_loop(), name="hub:place"
+            )
+
+    async def _place_loop(self) -> None:
+        """Place every waiting sharded channel from a fresh slot map, with backoff; then have
+        the rooms fill what pub/sub lost meanwhile."""
+        backoff = BACKOFF_MIN_S
+        while True:
+            await self._refresh_slot_map()
+            lost_link = False
+            moved_alone: list[str] = []
+            async with self._lock:
+                for channel, moved in list(self._unplaced.items()):
+                    try:
+                        await self._place(channel)
+                    except Exception as exc:
+                        logger.warning("placing %s failed (%s)", channel, exc)
+                        continue
+                    if moved:
+                        self.slot_moves += 1
+                        moved_alone.append(channel)
+                    else:
+                        lost_link = True
+                left = bool(self._unplaced)
+                # Links left without channels (every one moved elsewhere) go.
+                for link in list(self._shards.values()):
+                    if not link.channels:
+                        await self._drop_shard(link)
+                self._update_connected()
+            for channel in moved_alone:
+                callback = self._on_resubscribed.get(channel)
+                if callback is not None:
+                    try:
+                        callback()
+                    except Exception:
+                        logger.exception("resubscribe callback of %s failed", channel)
+            if lost_link:
+                self.reconnects += 1
+                logger.info("sharded pub/sub placed again; rooms fill their gaps")
+                await self._resync_all()
+            if not left:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _drop_shard(self, link: _Link) -> None:
+        if self._shards.get(link.name) is link:
+            del self._shards[link.name]
+        task = link.task
+        if task is not None and task is not asyncio.current_task():
+            await cancel_and_wait(task)
+        await link.close()
+
+    async def _refresh_slot_map(self) -> None:
+        assert isinstance(self._redis, RedisCluster)
+        try:
+            await self._redis.nodes_manager.initialize()
+        except Exception as exc:
+            logger.warning("refreshing the cluster's slot map failed (%s)", exc)
+
+    def _update_connected(self) -> None:
+        if self._classic_up and not self._unplaced:
+            self.connected.set()
+        else:
+            self.connected.clear()

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 
 from . import keys, scripts
 from .config import ClusterConfig
+from .publishing import publish
 from .tasks import TaskGroup, run_forever
 
 logger = logging.getLogger("cluster.membership")
@@ -84,8 +85,8 @@ class Membership:
     async def start(self) -> None:
         await self._beat(register=True)
         await self.refresh()
-        await self.redis.publish(
-            keys.CLUSTER_CHANNEL, json.dumps({"op": "join", "node": self.name})
+        await publish(
+            self.redis, keys.CLUSTER_CHANNEL, json.dumps({"op": "join", "node": self.name})
         )
         self._tasks.spawn(
             run_forever("heartbeat", self._beat, interval_s=self.config.heartbeat_interval_s),
@@ -104,7 +105,8 @@ class Membership:
                 pipe.delete(keys.node_key(self.name))
                 pipe.zrem(keys.NODES, self.name)
                 pipe.hdel(keys.NODE_INFO, self.name)
-                pipe.publish(keys.CLUSTER_CHANNEL, json.dumps({"op": "leave", "node": self.name}))
+                leave = json.dumps({"op": "leave", "node": self.name})
+                publish(pipe, keys.CLUSTER_CHANNEL, leave)
                 await pipe.execute()
         except Exception:
             logger.warning("could not announce our departure; peers will see it on expiry")
@@ -152,7 +154,8 @@ class Membership:
 
     async def refresh(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.time()
+            # execute_command: redis-py's cluster pipelines refuse ``.time()`` by name.
+            pipe.execute_command("TIME")
             pipe.zrange(keys.NODES, 0, -1, withscores=True)
             pipe.hgetall(keys.NODE_INFO)
             (secs, micros), members, infos = await pipe.execute()

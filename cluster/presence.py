@@ -46,6 +46,7 @@ from redis.asyncio import Redis
 from . import keys
 from .delivery import RoomLocks
 from .keys import RoomKeys, parse_presence_field, presence_field
+from .publishing import PUBLISH, known_publish_command, publish
 from .tasks import TaskGroup
 
 logger = logging.getLogger("cluster.presence")
@@ -580,7 +581,10 @@ class Presence:
         """One message for every user of a room that came or went: peers' mirrors follow."""
         if users:
             payload = json.dumps({"node": self._node, "users": users})
-            pipe.publish(RoomKeys(slug).channel, "P" + payload)
+            # SPUBLISH on a Redis Cluster 7+ (cluster/publishing.py): the hub asked the server
+            # at start, before any presence is written, and cached the answer with the client.
+            command = known_publish_command(self._redis) or PUBLISH
+            publish(pipe, RoomKeys(slug).channel, "P" + payload, command)
 
     def _show_soon(self, room: RoomPresence) -> None:
         """Our sockets hear of the room's changes at once if nothing was shown for a window

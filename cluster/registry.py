@@ -17,6 +17,8 @@ from redis.asyncio import Redis
 from . import keys, scripts
 from .errors import LeaseTaken
 from .keys import RoomKeys
+from .publishing import publish
+from .replication import ReplicaWait
 
 logger = logging.getLogger("cluster.registry")
 
@@ -29,9 +31,14 @@ class Lease:
 
 
 class RoomRegistry:
-    def __init__(self, redis: Redis, node: str) -> None:
+    def __init__(self, redis: Redis, node: str, *, replicas: ReplicaWait | None = None) -> None:
         self._redis = redis
         self._node = node
+        # A claim (its epoch INCR and the lease) waits for the replicas like an append: a room
+        # server starts only on a lease that a fail-over cannot take back to the previous
+        # owner's older epoch (that owner could append again while this one believes it owns
+        # the room; this one's appends would be fenced only from its next one on).
+        self._replicas = replicas or ReplicaWait(redis, min_replicas=0, timeout_ms=0)
         self._claim = redis.register_script(scripts.CLAIM_LEASE)
         self._release = redis.register_script(scripts.RELEASE_LEASE)
         self._cache: dict[str, Lease | None] = {}
@@ -46,11 +53,15 @@ class RoomRegistry:
         return lease
 
     async def claim(self, slug: str, *, presumed_dead: str = "") -> Lease:
-        """Take the room with a new epoch; raises LeaseTaken if a live owner holds it."""
+        """Take the room with a new epoch; raises LeaseTaken if a live owner holds it, or
+        ReplicasBehind (retryable: a retry claims again, with a higher epoch)."""
         k = RoomKeys(slug)
         floor = self.highest_epoch_seen.get(slug, 0)
-        status, owner, epoch = await self._claim(
-            keys=[k.lease, k.epoch], args=[self._node, presumed_dead, str(floor)]
+        status, owner, epoch = await self._replicas.script(
+            self._claim,
+            keys=[k.lease, k.epoch],
+            args=[self._node, presumed_dead, str(floor)],
+            wrote=lambda reply: reply[0] == "ok",
         )
         if status != "ok":
             lease = Lease(slug, owner, int(epoch or 0))
@@ -60,7 +71,7 @@ class RoomRegistry:
         self._remember(slug, lease)
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd(keys.node_rooms_key(self._node), slug)
-            pipe.publish(keys.CLUSTER_CHANNEL, _announce("owner", lease))
+            publish(pipe, keys.CLUSTER_CHANNEL, _announce("owner", lease))
             await pipe.execute()
         return lease
 
@@ -74,7 +85,7 @@ class RoomRegistry:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.srem(keys.node_rooms_key(lease.node), lease.slug)
             if released:
-                pipe.publish(keys.CLUSTER_CHANNEL, json.dumps(payload))
+                publish(pipe, keys.CLUSTER_CHANNEL, json.dumps(payload))
             await pipe.execute()
         return released
 

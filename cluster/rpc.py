@@ -3,6 +3,11 @@
 Pub/sub may drop a request (the owner died, the connection blinked); callers retry with the same
 client_id, and the owner's dedupe makes the retry safe. PUBLISH answers how many nodes heard it,
 so a request to a dead node fails at once instead of waiting for a timeout.
+
+On a Redis Cluster 7+ a node's inbox is a sharded channel (SSUBSCRIBE on the master of its
+``{node:NAME}`` slot), so the answer stays exact. On a Redis Cluster 6.2 the inbox is classic
+pub/sub, which the cluster broadcasts; the answer then counts one node's subscribers only, so
+zero proves nothing and a request to a dead node ends by its timeout instead.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from redis.asyncio import Redis
 from . import keys
 from .errors import NodeUnreachable, RpcTimeout
 from .hub import PubSubHub
+from .publishing import publish
 from .tasks import TaskGroup
 
 logger = logging.getLogger("cluster.rpc")
@@ -40,7 +46,7 @@ class Rpc:
         self._tasks = TaskGroup("rpc")
 
     async def start(self) -> None:
-        await self._hub.subscribe(keys.node_rpc_channel(self._node), self._on_message)
+        await self._hub.subscribe(keys.node_rpc_channel(self._node), self._on_message, sharded=True)
 
     async def stop(self) -> None:
         await self._hub.unsubscribe(keys.node_rpc_channel(self._node))
@@ -57,8 +63,8 @@ class Rpc:
         self._waiting[request_id] = future
         message = {"op": op, "rid": request_id, "from": self._node, "payload": payload}
         try:
-            heard = await self._redis.publish(keys.node_rpc_channel(node), json.dumps(message))
-            if heard == 0:
+            heard = await self._publish(keys.node_rpc_channel(node), json.dumps(message))
+            if heard == 0 and self._hub.counts_listeners(sharded=True):
                 raise Unreachable(node)
             try:
                 return await asyncio.wait_for(future, timeout)
@@ -66,6 +72,10 @@ class Rpc:
                 raise RpcTimeout(f"{op} to {node} timed out after {timeout:.2f}s") from None
         finally:
             self._waiting.pop(request_id, None)
+
+    async def _publish(self, channel: str, data: str) -> int:
+        command = self._hub.publish_command(sharded=True)
+        return int(await publish(self._redis, channel, data, command))
 
     def _on_message(self, data: str) -> None:
         try:
@@ -89,6 +99,6 @@ class Rpc:
             result = {"error": "unavailable", "detail": str(exc)}
         reply = {"op": "reply", "rid": message["rid"], "from": self._node, "payload": result}
         try:
-            await self._redis.publish(keys.node_rpc_channel(message["from"]), json.dumps(reply))
+            await self._publish(keys.node_rpc_channel(message["from"]), json.dumps(reply))
         except Exception:
             logger.warning("could not reply to %s; it will retry", message["from"])

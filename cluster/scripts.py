@@ -14,7 +14,10 @@ from __future__ import annotations
 #       9 "1" to dedupe by KEYS[4], 10 CRDT delta JSON for the state stream ("" = none),
 #       11 placeholder in ARGV[10] to replace by the seq (a random token absent from the text),
 #       12 the seq reservation the event is issued under ("" = none: unchecked, unrecorded),
-#       13 id of the message this event deletes ("" = none), 14 that message's seq
+#       13 id of the message this event deletes ("" = none), 14 that message's seq,
+#       15 publish command: "SPUBLISH" on a Redis Cluster 7+ (the channel in ARGV[7] hashes to
+#          the room's slot, so a sharded publish from this script is legal), else "PUBLISH"
+#          (also when absent)
 # Each entry also records its writer (``w`` = node@epoch): an audit trail for fencing.
 # returns: {"ok", seq, id} | {"dup", seq, id} | {"fenced", owner, epoch} | {"closed"}
 #          | {"unreserved", next seq} (above ARGV[12]: reserve more, then append again)
@@ -69,7 +72,9 @@ if ARGV[13] ~= '' then
     redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', '(' .. kept)
   end
 end
-redis.call('PUBLISH', ARGV[7], 'E' .. seq .. ' ' .. ARGV[6])
+local publish = ARGV[15]
+if publish ~= 'SPUBLISH' then publish = 'PUBLISH' end
+redis.call(publish, ARGV[7], 'E' .. seq .. ' ' .. ARGV[6])
 return {'ok', tostring(seq), id}
 """
 

@@ -1,5 +1,10 @@
 """Synchronous Redis reads and writes for Django code that runs outside the event loop
-(the admin, management commands, services called from sync views)."""
+(the admin, management commands, services called from sync views).
+
+Works on one Redis, Sentinel and a Redis Cluster alike: every multi-key step touches one room's
+keys only (one hash tag, so one slot), and a pattern scan runs on every master of a cluster
+(``_scan_room``); nothing here assumes one keyspace or a DB number.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import redis
+import redis.cluster
 from django.conf import settings
 
 from cluster import keys
@@ -18,11 +24,11 @@ from cluster.keys import RoomKeys
 
 
 @lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
+def _client(url: str) -> redis.Redis | redis.cluster.RedisCluster:
     return sync_redis(url)
 
 
-def client() -> redis.Redis:
+def client() -> redis.Redis | redis.cluster.RedisCluster:
     if not settings.CHAT_REDIS_URL:
         raise RuntimeError("no Redis configured (REDIS_URL is empty and no node started one)")
     return _client(settings.CHAT_REDIS_URL)
@@ -36,7 +42,7 @@ class RoomStats:
     last_seq: int
 
 
-def live_nodes(r: redis.Redis | None = None) -> set[str]:
+def live_nodes(r: redis.Redis | redis.cluster.RedisCluster | None = None) -> set[str]:
     r = r or client()
     secs, micros = r.time()
     now = int(secs) * 1000 + int(micros) // 1000
@@ -86,7 +92,8 @@ def room_purge(slug: str) -> int:
 
     The lease goes in the same step: the owner's next append or snapshot is fenced, so the
     window of messages it holds in memory is never written back nor edited; the next owner
-    (a new epoch: the epoch counter stays) starts from the empty log.
+    (a new epoch: the epoch counter stays) starts from the empty log. (One MULTI on one slot:
+    every key is the room's, so a Redis Cluster runs it too.)
     """
     k = RoomKeys(slug)
     pipe = client().pipeline(transaction=True)
@@ -119,13 +126,20 @@ def room_forget(slug: str) -> None:
     k = RoomKeys(slug)
     owner = r.hget(k.lease, "node")
     doomed = [k.log, k.seq, k.reserved, k.lease, k.presence, k.state, k.deleted, names_key(slug)]
-    doomed += list(r.scan_iter(match=f"{k.tag}:dedupe:*", count=1000))
+    doomed += _scan_room(r, k, f"{k.tag}:dedupe:*")
     pipe = r.pipeline(transaction=False)
     pipe.delete(*doomed)
     pipe.set(k.closed, str(int(time.time())))
     pipe.execute()
     if owner:
         _announce_released(slug, owner)
+
+
+def _scan_room(r: redis.Redis | redis.cluster.RedisCluster, k: RoomKeys, pattern: str) -> list[str]:
+    """Keys of one room matching ``pattern``. On a Redis Cluster redis-py's ``scan_iter`` runs
+    SCAN on every master to its end: the room's slot lives on one of them, or on two while it
+    is being migrated (a rare admin step: the cost of asking every master does not matter)."""
+    return [str(key) for key in r.scan_iter(match=pattern, count=1000)]
 
 
 def names_key(slug: str) -> str:
