@@ -40,6 +40,10 @@ class PySpyProfile:
             "-r",
             str(self.rate),
             "--threads",
+            # Only samples that hold the GIL: CPU spent in Python. Without it py-spy also counts
+            # the time a thread waits, preempted, inside a send() (on 2 shared cores that made
+            # the socket writes look like half the node; perf showed 22 % kernel in all).
+            "--gil",
             "-f",
             "raw",
             "-o",

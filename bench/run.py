@@ -150,7 +150,8 @@ async def profile_project(
     out = RESULTS / f"profile-{run_id}.txt"
     step = next((r for r in records if r.get("kind") == "profile-step"), {})
     header = (
-        f"# py-spy record -r {profile.rate} -d {int(plan.profile_s)} on one runnode (node a) "
+        f"# py-spy record --gil -r {profile.rate} -d {int(plan.profile_s)} on one runnode (node a; "
+        "samples holding the GIL only: Python CPU, not the kernel time of its sends) "
         f"under S1 at {plan.profile_rate} deliveries/s offered\n"
         f"# run {run_id}; step: delivered {step.get('delivered_per_s')}/s, "
         f"p99 {step.get('p99_ms')} ms, lost {step.get('lost')}, load {step.get('loadavg')}"
