@@ -1,0 +1,240 @@
+"""The cluster runtime on a real Redis Cluster (3 masters + 3 replicas on loopback).
+
+Rooms spread over every shard, every Lua script runs on one slot (no CROSSSLOT), room events go
+by sharded pub/sub on Redis 7 (classic on 6.2), and a shard fail-over or a slot migration under a
+room costs its subscribers nothing: they fill what pub/sub lost from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis
+
+from cluster.commands import Command
+from cluster.config import ClusterConfig
+from cluster.connection import async_redis, sync_redis
+from cluster.crdt import LWWMap
+from cluster.keys import NODE_INFO, NODES, RoomKeys, node_key, node_rpc_channel
+from cluster.publishing import PUBLISH, SPUBLISH, room_publish_command
+from cluster.runtime import ClusterRuntime
+from cluster.state_store import StateStore
+from tests.support.cluster_plugin import (  # noqa: F401
+    needs_redis_7,
+    redis_cluster,
+    redis_cluster_session,
+)
+from tests.support.redis_cluster_topology import RedisClusterTopology
+
+Topology = RedisClusterTopology
+
+
+class Tab:
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.frames: list[dict[str, Any]] = []
+        self.close_codes: list[int] = []
+
+    def deliver(self, frame: dict[str, Any]) -> None:
+        self.frames.append(frame)
+
+    def request_close(self, code: int) -> None:
+        self.close_codes.append(code)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [int(f["seq"]) for f in self.frames if "seq" in f]
+
+
+def rooms_on_every_master(topology: Topology, count_per_master: int = 1) -> list[str]:
+    """Room slugs whose keys land on each master in turn (found by hashing, not by luck)."""
+    wanted: dict[int, list[str]] = {port: [] for port in topology.masters()}
+    n = 0
+    while any(len(slugs) < count_per_master for slugs in wanted.values()):
+        slug = f"room{n}"
+        n += 1
+        master = topology.master_for_key(RoomKeys(slug).log)
+        if len(wanted[master]) < count_per_master:
+            wanted[master].append(slug)
+    return [slug for slugs in wanted.values() for slug in slugs]
+
+
+@contextlib.asynccontextmanager
+async def runtime(url: str, name: str, **config: Any) -> AsyncIterator[ClusterRuntime]:
+    config.setdefault("lease_ttl_ms", 1500)
+    config.setdefault("rate_limit", (10_000, 1.0))
+    rt = ClusterRuntime(ClusterConfig(name, **config), url)
+    await rt.start()
+    try:
+        yield rt
+    finally:
+        await rt.stop()
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.02)
+
+
+async def send(rt: ClusterRuntime, slug: str, body: str, user: str = "u") -> int:
+    return (await rt.submit(slug, Command("send", user, body, body=body))).seq
+
+
+# -- URLs against the real cluster ----------------------------------------------------------
+
+
+def test_cluster_url_gives_cluster_clients(redis_cluster: Topology) -> None:  # noqa: F811
+    client = sync_redis(redis_cluster.url)
+    assert isinstance(client, redis.cluster.RedisCluster)
+    for slug in ("a", "b", "c", "d"):
+        client.set(RoomKeys(slug).seq, "1")
+    assert len(client.get_primaries()) == 3
+    client.close()
+
+
+@pytest.mark.asyncio
+async def test_cluster_url_with_acl_user(redis_cluster: Topology) -> None:  # noqa: F811
+    for port in redis_cluster.live_ports():  # ACLs are per node in a Redis Cluster
+        redis_cluster.client(port).execute_command(
+            "ACL", "SETUSER", "chatapp", "on", ">pw", "~*", "&*", "+@all"
+        )
+    try:
+        url = redis_cluster.url.replace("redis+cluster://", "redis+cluster://chatapp:pw@")
+        client = async_redis(url)
+        assert await client.execute_command("ACL WHOAMI") == "chatapp"
+        await client.set(RoomKeys("acl").seq, "1")
+        await client.aclose()
+        wrong = async_redis(url.replace(":pw@", ":nope@"))
+        # redis-py wraps the refusal while it discovers the cluster.
+        with pytest.raises(
+            (redis.RedisError, redis.exceptions.RedisClusterException),
+            match="invalid username-password",
+        ):
+            await wrong.ping()
+        with contextlib.suppress(Exception):
+            await wrong.aclose()
+    finally:
+        for port in redis_cluster.live_ports():
+            redis_cluster.client(port).execute_command("ACL", "DELUSER", "chatapp")
+
+
+# -- the runtime --------------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_two_runtimes_chat_across_every_shard(redis_cluster: Topology) -> None:  # noqa: F811
+    slugs = rooms_on_every_master(redis_cluster)
+    masters = {redis_cluster.master_for_key(RoomKeys(s).log) for s in slugs}
+    assert len(masters) == 3, "the rooms must spread over all three masters"
+    async with runtime(redis_cluster.url, "a") as a, runtime(redis_cluster.url, "b") as b:
+        tabs = {slug: Tab(f"reader-{slug}") for slug in slugs}
+        for slug, tab in tabs.items():
+            await b.attach(slug, tab)
+        for slug in slugs:
+            for i in range(3):
+                assert await send(a, slug, f"{slug}-{i}") == i + 1
+        for slug, tab in tabs.items():
+            await eventually(lambda t=tab: t.seqs == [1, 2, 3], f"{slug} delivered")
+            assert [f["body"] for f in tab.frames if f.get("type") == "message"] == [
+                f"{slug}-{i}" for i in range(3)
+            ]
+        # Each room's keys live on the master of its slot, all under one hash tag.
+        for slug in slugs:
+            master = redis_cluster.master_for_key(RoomKeys(slug).log)
+            node = redis_cluster.client(master)
+            assert node.xlen(RoomKeys(slug).log) == 3
+            assert node.get(RoomKeys(slug).seq) == "3"
+            assert node.hget(RoomKeys(slug).lease, "node") in ("a", "b")
+        # Typing and presence reach the other node too.
+        await a.typing(slugs[0], "writer")
+        await eventually(
+            lambda: any(f.get("type") == "typing" for f in tabs[slugs[0]].frames), "typing"
+        )
+        assert await a.online([slugs[1]]) == {slugs[1]: [f"reader-{slugs[1]}"]}
+        # Membership sees both nodes: heartbeats, node info and RPC work across shards.
+        assert sorted(a.membership.live) == ["a", "b"]
+        assert await a.ask_all(slugs[0]) == [3, 3]
+
+
+@pytest.mark.asyncio
+async def test_every_script_runs_on_one_slot(redis_cluster: Topology) -> None:  # noqa: F811
+    """Append (with dedupe, delete, state delta), claim, release, heartbeat, snapshot, seq floor
+    and restore all run through the runtime on a cluster: a CROSSSLOT anywhere would raise."""
+    slug = rooms_on_every_master(redis_cluster)[0]
+    async with runtime(redis_cluster.url, "a") as a:
+        ack = await a.submit(slug, Command("send", "u", "c1", body="hello"))
+        again = await a.submit(slug, Command("send", "u", "c1", body="hello"))
+        assert again.seq == ack.seq and again.duplicate  # dedupe
+        await a.submit(slug, Command("edit", "u", "c2", body="hello!", id=ack.id))
+        await a.submit(slug, Command("delete", "u", "c3", id=ack.id))
+        assert await a.log.raise_seq_floor(slug, 100) >= 100
+        lease = await a.registry.lookup(slug, fresh=True)
+        assert lease is not None and lease.node == "a"
+        store = StateStore(a.redis)
+        assert await store.write_snapshot(
+            slug, node="a", epoch=lease.epoch, state=LWWMap(), upto_seq=3
+        )
+        other = rooms_on_every_master(redis_cluster)[1]
+        await send(a, other, "restore me")
+        restored = await a.log.read(other, after=0, limit=10)
+        client = sync_redis(redis_cluster.url)
+        client.delete(RoomKeys(other).log)
+        other_lease = await a.registry.lookup(other, fresh=True)
+        assert other_lease is not None
+        written = await a.log.restore(
+            other, node="a", epoch=other_lease.epoch, restored=restored.events
+        )
+        assert written == 1
+        page = await a.events(slug, after=0, limit=10)
+        assert [e["type"] for e in page.events] == ["message", "edit", "delete"]
+        await a.drain(timeout_s=5)  # releases every lease (RELEASE_LEASE)
+        await a.stop()  # leaves: node keys and membership entries go
+    assert client.hget(RoomKeys(slug).lease, "node") is None
+    assert client.exists(node_key("a")) == 0
+    assert "a" not in client.zrange(NODES, 0, -1)
+    assert client.hget(NODE_INFO, "a") is None
+    client.close()
+
+
+@pytest.mark.asyncio
+async def test_room_events_use_sharded_pubsub_on_7(redis_cluster: Topology) -> None:  # noqa: F811
+    needs_redis_7(redis_cluster)
+    slug = rooms_on_every_master(redis_cluster)[0]
+    channel = RoomKeys(slug).channel
+    master = redis_cluster.master_for_key(channel)
+    async with runtime(redis_cluster.url, "a") as a:
+        assert a.hub.sharded
+        assert await room_publish_command(a.redis) == SPUBLISH
+        tab = Tab("reader")
+        await a.attach(slug, tab)
+        numsub = redis_cluster.client(master).execute_command("PUBSUB", "SHARDNUMSUB", channel)
+        assert numsub[1] == 1, numsub
+        rpc = node_rpc_channel("a")
+        rpc_master = redis_cluster.client(redis_cluster.master_for_key(rpc))
+        assert rpc_master.execute_command("PUBSUB", "SHARDNUMSUB", rpc)[1] == 1
+        # A classic subscriber to the room's channel hears nothing: events go by SPUBLISH.
+        classic = redis_cluster.client(master).pubsub()
+        classic.subscribe(channel)
+        assert classic.get_message(timeout=1.0)["type"] == "subscribe"
+        await send(a, slug, "sharded")
+        await eventually(lambda: tab.seqs == [1], "delivered")
+        assert classic.get_message(timeout=0.5) is None
+        classic.close()
+
+
+@pytest.mark.asyncio
+async def test_room_events_use_classic_pubsub_on_6_2(redis_cluster: Topology) -> None:  # noqa: F811
+    if redis_cluster.version >= (7, 0, 0):
+        pytest.skip("a 6.2 cluster's fallback: run with TEST_REDIS_CLUSTER_BINARY=<6.2 binary>")
+    slug = rooms_on_every_master(redis_cluster)[0]
+    async with runtime(redis_cluster.url, "a") as a, runtime(redis_cluster.url, "b") as b:
+        assert not a.hub.sharded and await room_publish_command(a.redis) == PUBLISH
+        tab = Tab("reader")
+        await b.attach(slug, tab)
+        await send(a, slug, "classic")
+        await eventually(lambda: tab.seqs == [1], "delivered")
