@@ -426,11 +426,17 @@ class PubSubHub:
             lost_link = False
             moved_alone: list[str] = []
             async with self._lock:
+                unreachable: set[str] = set()  # masters that failed this pass: try no more
                 for channel, moved in list(self._unplaced.items()):
+                    assert isinstance(self._redis, RedisCluster)
+                    master = self._redis.get_node_from_key(channel).name
+                    if master in unreachable:
+                        continue
                     try:
                         await self._place(channel)
                     except Exception as exc:
-                        logger.warning("placing %s failed (%s)", channel, exc)
+                        unreachable.add(master)
+                        logger.warning("placing %s on %s failed (%s)", channel, master, exc)
                         continue
                     if moved:
                         self.slot_moves += 1

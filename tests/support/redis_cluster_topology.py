@@ -446,6 +446,35 @@ class RedisClusterTopology:
         self.wait_healthy(timeout_s)
         return replica
 
+    def migrate_slot(self, slot: int, to_port: int, timeout_s: float = 20.0) -> None:
+        """Move ``slot`` (and its keys) to the master on ``to_port``, as ``redis-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys in batches, then SETSLOT NODE on
+        every master."""
+        source = self.master_for_slot(slot)
+        if source == to_port:
+            return
+        source_id, target_id = self.nodes[source].node_id, self.nodes[to_port].node_id
+        src, dst = self.client(source), self.client(to_port)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            batch = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+            if not batch:
+                break
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *batch)
+        # The target first, then the source, then the other masters (as redis-cli does).
+        others = [p for p in self.masters() if p not in (source, to_port)]
+        for port in [to_port, source, *others]:
+            self.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        wait_until(
+            lambda: all(
+                any(f <= slot <= last and m == to_port for f, last, m, _r in self.slot_map(p))
+                for p in self.live_ports()
+            ),
+            timeout_s,
+            f"every node to see slot {slot} on {to_port}",
+        )
+
     def restart_node(self, port: int, timeout_s: float = 20.0) -> None:
         """Start a stopped node again with its own nodes.conf: it rejoins (a killed master
         comes back as a replica of the node that replaced it)."""
