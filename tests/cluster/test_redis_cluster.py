@@ -345,3 +345,42 @@ async def test_slot_migration_under_a_room_loses_no_acked_event(
             assert numsub[1] == 1
     # Give the slot back: the session's later tests expect the layout they started with.
     await asyncio.to_thread(redis_cluster.migrate_slot, slot, source)
+
+
+@pytest.mark.asyncio
+async def test_admin_operations_work_on_a_cluster(
+    redis_cluster: Topology,  # noqa: F811
+    settings: Any,
+) -> None:
+    """rooms/redis_admin.py (the admin, management commands) through the sync cluster client:
+    room-scoped MULTI (purge), a SCAN of every master (forget), pipelines over shards."""
+    from rooms import redis_admin
+
+    settings.CHAT_REDIS_URL = redis_cluster.url
+    slugs = rooms_on_every_master(redis_cluster)
+    async with runtime(redis_cluster.url, "a") as a:
+        for slug in slugs:
+            for i in range(2):
+                await a.submit(slug, Command("send", "u", f"{slug}-{i}", body="x"))
+        stats = await asyncio.to_thread(redis_admin.room_stats, slugs)
+        assert {slug: (s.messages, s.owner, s.last_seq) for slug, s in stats.items()} == {
+            slug: (2, "a", 2) for slug in slugs
+        }
+        doomed, kept = slugs[0], slugs[1]
+        await asyncio.to_thread(redis_admin.room_close, kept)
+        assert sync_redis(redis_cluster.url).exists(RoomKeys(kept).closed)
+        await asyncio.to_thread(redis_admin.room_reopen, kept)
+        assert await asyncio.to_thread(redis_admin.room_high_water, kept) == 2
+        assert await asyncio.to_thread(redis_admin.room_purge, kept) == 2
+        await asyncio.to_thread(redis_admin.room_forget, doomed)
+        client = sync_redis(redis_cluster.url)
+        leftovers = [
+            key
+            for port in redis_cluster.masters()
+            for key in redis_cluster.client(port).scan_iter(match=f"{RoomKeys(doomed).tag}:*")
+        ]
+        # Only the epoch counter (fencing epochs only grow) and the closed flag stay.
+        assert sorted(leftovers) == sorted([RoomKeys(doomed).epoch, RoomKeys(doomed).closed])
+        assert client.xlen(RoomKeys(kept).log) == 0
+        client.close()
+        assert await asyncio.to_thread(redis_admin.room_move, slugs[2]) >= 0
