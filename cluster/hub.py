@@ -111,8 +111,6 @@ class PubSubHub:
         self._placement: dict[str, _Link] = {}  # sharded channel -> the link carrying it
         self._unplaced: dict[str, bool] = {}  # sharded channel -> moved alone (not a lost link)
         self._placer: asyncio.Task[None] | None = None
-        self._placed = asyncio.Event()  # set while no sharded channel waits for a link
-        self._placed.set()
         self._classic_up = False
         self.sharded = False  # room channels go by SSUBSCRIBE (known after start)
         self.connected = asyncio.Event()
@@ -171,7 +169,8 @@ class PubSubHub:
         on_resubscribed: Callable[[], None] | None = None,
     ) -> None:
         """Deliver ``channel``'s messages to ``handler``. ``sharded``: the channel carries a
-        hash tag and is published with ``room_publish_command`` (a room's events).
+        hash tag and publishers use ``publish_command(sharded=True)`` (a room's events, a
+        node's RPC inbox): SSUBSCRIBE on a Redis Cluster 7+, else SUBSCRIBE.
         ``on_resubscribed``: called after the channel alone was subscribed again elsewhere
         (its slot moved); whatever was published meanwhile is lost to pub/sub."""
         async with self._lock:

@@ -118,6 +118,25 @@ async def test_cluster_url_with_acl_user(redis_cluster: Topology) -> None:  # no
             await wrong.ping()
         with contextlib.suppress(Exception):
             await wrong.aclose()
+        # With the default user off, every connection of the runtime (the cluster client's,
+        # the hub's own links to shard masters) must log in as the URL's user.
+        slug = rooms_on_every_master(redis_cluster)[0]
+        as_app = {
+            port: redis.Redis(port=port, username="chatapp", password="pw", decode_responses=True)
+            for port in redis_cluster.live_ports()
+        }
+        for app in as_app.values():
+            app.execute_command("ACL", "SETUSER", "default", "off")
+        try:
+            async with runtime(url, "a") as a, runtime(url, "b") as b:
+                tab = Tab("reader")
+                await b.attach(slug, tab)
+                await send(a, slug, "as chatapp")
+                await eventually(lambda: tab.seqs == [1], "delivered")
+        finally:
+            for app in as_app.values():
+                app.execute_command("ACL", "SETUSER", "default", "on")
+                app.close()
     finally:
         for port in redis_cluster.live_ports():
             redis_cluster.client(port).execute_command("ACL", "DELUSER", "chatapp")
