@@ -146,6 +146,20 @@ class PubSubHub:
         if classic is not None:
             await classic.close()
 
+    @property
+    def classic_node(self) -> str | None:
+        """``host:port`` of the Redis that the classic link is connected to (None: down)."""
+        link = self._classic
+        if link is None or not self._classic_up:
+            return None
+        kwargs = link.pubsub.connection_pool.connection_kwargs
+        return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    @property
+    def shard_nodes(self) -> list[str]:
+        """``host:port`` of every shard master a sharded link is open to."""
+        return sorted(self._shards)
+
     # -- what publishers need to know ------------------------------------------------------
 
     def publish_command(self, *, sharded: bool) -> str:

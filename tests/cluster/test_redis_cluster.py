@@ -20,7 +20,7 @@ from cluster.config import ClusterConfig
 from cluster.connection import async_redis, sync_redis
 from cluster.crdt import LWWMap
 from cluster.keys import NODE_INFO, NODES, RoomKeys, node_key, node_rpc_channel
-from cluster.publishing import PUBLISH, SPUBLISH, room_publish_command
+from cluster.publishing import PUBLISH, SPUBLISH, publish, room_publish_command
 from cluster.runtime import ClusterRuntime
 from cluster.state_store import StateStore
 from tests.support.cluster_plugin import (  # noqa: F401
@@ -403,3 +403,31 @@ async def test_admin_operations_work_on_a_cluster(
         assert client.xlen(RoomKeys(kept).log) == 0
         client.close()
         assert await asyncio.to_thread(redis_admin.room_move, slugs[2]) >= 0
+
+
+@pytest.mark.asyncio
+async def test_classic_link_moves_on_when_its_node_dies(redis_cluster: Topology) -> None:  # noqa: F811
+    """Announcements (and, on 6.2, room events) ride the classic link to one node; when that
+    node dies the link moves to another and the rooms fill what they missed."""
+    slug = rooms_on_every_master(redis_cluster)[0]
+    async with (
+        runtime(redis_cluster.url, "a", lease_ttl_ms=3000) as a,
+        runtime(redis_cluster.url, "b", lease_ttl_ms=3000) as b,
+    ):
+        tab = Tab("reader")
+        await b.attach(slug, tab)
+        heard: list[str] = []
+        await b.hub.subscribe("chat:test:probe", heard.append)
+        await send_until_acked(a, slug, "before")
+        classic = b.hub.classic_node
+        assert classic is not None
+        port = int(classic.rsplit(":", 1)[1])
+        reconnects = b.hub.reconnects
+        await asyncio.to_thread(redis_cluster.kill_master, port)
+        await eventually(lambda: b.hub.reconnects > reconnects, "classic link back", 15)
+        assert b.hub.classic_node not in (None, classic)
+        acked = [await send_until_acked(a, slug, f"after-{i}") for i in range(3)]
+        await eventually(lambda: tab.seqs[-1:] == acked[-1:], "delivered after", timeout=15)
+        assert tab.seqs == list(range(1, acked[-1] + 1))
+        await publish(a.redis, "chat:test:probe", "hello")  # RedisCluster has no .publish
+        await eventually(lambda: heard == ["hello"], "announcement heard")
