@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -28,7 +30,7 @@ from tests.support.cluster_plugin import (  # noqa: F401
     redis_cluster,
     redis_cluster_session,
 )
-from tests.support.redis_cluster_topology import RedisClusterTopology
+from tests.support.redis_cluster_topology import SYSTEM_REDIS_7, RedisClusterTopology
 
 Topology = RedisClusterTopology
 
@@ -431,3 +433,32 @@ async def test_classic_link_moves_on_when_its_node_dies(redis_cluster: Topology)
         assert tab.seqs == list(range(1, acked[-1] + 1))
         await publish(a.redis, "chat:test:probe", "hello")  # RedisCluster has no .publish
         await eventually(lambda: heard == ["hello"], "announcement heard")
+
+
+def _tls_cluster_possible() -> bool:
+    return os.path.exists(SYSTEM_REDIS_7) and shutil.which("openssl") is not None
+
+
+@pytest.mark.asyncio
+async def test_runtime_on_a_tls_cluster() -> None:
+    """``rediss+cluster://?ssl_ca_certs=``: the cluster client and the hub's own links to shard
+    masters all speak TLS (the nodes have no plain port at all)."""
+    if not _tls_cluster_possible():
+        pytest.skip("needs /usr/bin/redis-server (built with TLS) and the openssl CLI")
+    with RedisClusterTopology.start(
+        masters=3, replicas_per_master=0, tls=True, binary=SYSTEM_REDIS_7
+    ) as topology:
+        url = topology.url
+        assert url.startswith("rediss+cluster://") and "ssl_ca_certs=" in url
+        slugs = rooms_on_every_master(topology)
+        async with runtime(url, "a") as a, runtime(url, "b") as b:
+            tabs = {slug: Tab("reader") for slug in slugs}
+            for slug, tab in tabs.items():
+                await b.attach(slug, tab)
+            for slug in slugs:
+                await send(a, slug, "over tls")
+            for tab in tabs.values():
+                await eventually(lambda t=tab: t.seqs == [1], "delivered over TLS")
+            assert a.hub.classic_node is not None
+            if b.hub.sharded:
+                assert len(b.hub.shard_nodes) == 3
