@@ -78,9 +78,12 @@ async def runtime(url: str, name: str, **config: Any) -> AsyncIterator[ClusterRu
 
 
 async def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for: {what}") from None
 
 
 async def send(rt: ClusterRuntime, slug: str, body: str, user: str = "u") -> int:
