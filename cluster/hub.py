@@ -112,6 +112,7 @@ class PubSubHub:
         self._unplaced: dict[str, bool] = {}  # sharded channel -> moved alone (not a lost link)
         self._placer: asyncio.Task[None] | None = None
         self._classic_up = False
+        self._stopping = False
         self.sharded = False  # room channels go by SSUBSCRIBE (known after start)
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -131,6 +132,7 @@ class PubSubHub:
         )
 
     async def stop(self) -> None:
+        self._stopping = True  # no placer starts again behind our back
         await cancel_and_wait(self._placer)
         self._placer = None
         await cancel_and_wait(self._classic_task)
@@ -425,6 +427,8 @@ class PubSubHub:
             return
         self._unplaced[channel] = self._unplaced.get(channel, True) and moved
         self._update_connected()
+        if self._stopping:
+            return
         if self._placer is None or self._placer.done():
             self._placer = asyncio.get_running_loop().create_task(
                 self._place_loop(), name="hub:place"
@@ -432,51 +436,62 @@ class PubSubHub:
 
     async def _place_loop(self) -> None:
         """Place every waiting sharded channel from a fresh slot map, with backoff; then have
-        the rooms fill what pub/sub lost meanwhile."""
+        the rooms fill what pub/sub lost meanwhile. Ends only once nothing waits: a channel
+        unplaced while it runs is placed by this same loop."""
         backoff = BACKOFF_MIN_S
         while True:
-            await self._refresh_slot_map()
-            lost_link = False
-            moved_alone: list[str] = []
-            async with self._lock:
-                unreachable: set[str] = set()  # masters that failed this pass: try no more
-                for channel, moved in list(self._unplaced.items()):
-                    assert isinstance(self._redis, RedisCluster)
-                    master = self._redis.get_node_from_key(channel).name
-                    if master in unreachable:
-                        continue
-                    try:
-                        await self._place(channel)
-                    except Exception as exc:
-                        unreachable.add(master)
-                        logger.warning("placing %s on %s failed (%s)", channel, master, exc)
-                        continue
-                    if moved:
-                        self.slot_moves += 1
-                        moved_alone.append(channel)
-                    else:
-                        lost_link = True
-                left = bool(self._unplaced)
-                # Links left without channels (every one moved elsewhere) go.
-                for link in list(self._shards.values()):
-                    if not link.channels:
-                        await self._drop_shard(link)
-                self._update_connected()
-            for channel in moved_alone:
-                callback = self._on_resubscribed.get(channel)
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:
-                        logger.exception("resubscribe callback of %s failed", channel)
-            if lost_link:
-                self.reconnects += 1
-                logger.info("sharded pub/sub placed again; rooms fill their gaps")
-                await self._resync_all()
-            if not left:
+            try:
+                await self._place_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("placing sharded channels failed; retrying")
+            # No await between this check and the return: nothing can be unplaced unseen.
+            if not self._unplaced:
                 return
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _place_pass(self) -> None:
+        await self._refresh_slot_map()
+        lost_link = False
+        moved_alone: list[str] = []
+        async with self._lock:
+            unreachable: set[str] = set()  # masters that failed this pass: try no more
+            for channel, moved in list(self._unplaced.items()):
+                assert isinstance(self._redis, RedisCluster)
+                master = ""
+                try:
+                    # Raises while no master serves the slot (mid fail-over).
+                    master = self._redis.get_node_from_key(channel).name
+                    if master in unreachable:
+                        continue
+                    await self._place(channel)
+                except Exception as exc:
+                    unreachable.add(master)
+                    logger.warning("placing %s on %s failed (%s)", channel, master, exc)
+                    continue
+                if moved:
+                    self.slot_moves += 1
+                    moved_alone.append(channel)
+                else:
+                    lost_link = True
+            # Links left without channels (every one moved elsewhere) go.
+            for link in list(self._shards.values()):
+                if not link.channels:
+                    await self._drop_shard(link)
+            self._update_connected()
+        for channel in moved_alone:
+            callback = self._on_resubscribed.get(channel)
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("resubscribe callback of %s failed", channel)
+        if lost_link:
+            self.reconnects += 1
+            logger.info("sharded pub/sub placed again; rooms fill their gaps")
+            await self._resync_all()
 
     async def _drop_shard(self, link: _Link) -> None:
         if self._shards.get(link.name) is link:
