@@ -21,6 +21,7 @@ from cluster.commands import Command
 from cluster.config import ClusterConfig
 from cluster.connection import async_redis, sync_redis
 from cluster.crdt import LWWMap
+from cluster.errors import NodeUnreachable, RpcTimeout
 from cluster.keys import NODE_INFO, NODES, RoomKeys, node_key, node_rpc_channel
 from cluster.publishing import PUBLISH, SPUBLISH, publish, room_publish_command
 from cluster.runtime import ClusterRuntime
@@ -465,3 +466,21 @@ async def test_runtime_on_a_tls_cluster() -> None:
             assert a.hub.classic_node is not None
             if b.hub.sharded:
                 assert len(b.hub.shard_nodes) == 3
+
+
+@pytest.mark.asyncio
+async def test_rpc_to_a_node_nobody_runs(redis_cluster: Topology) -> None:  # noqa: F811
+    """On 7 a node's inbox is sharded, so SPUBLISH's answer counts its listeners: a request to
+    nobody fails at once. On 6.2 a classic PUBLISH's answer counts one node's subscribers only:
+    zero proves nothing, the request ends by its timeout."""
+    async with runtime(redis_cluster.url, "a") as a, runtime(redis_cluster.url, "b") as b:
+        assert await a.rpc.call("b", "known_seq", {"room": "r"}, timeout=2.0) == {"seq": 0}
+        started = asyncio.get_running_loop().time()
+        if a.hub.sharded:
+            with pytest.raises(NodeUnreachable):
+                await a.rpc.call("ghost", "known_seq", {"room": "r"}, timeout=2.0)
+            assert asyncio.get_running_loop().time() - started < 1.0
+        else:
+            with pytest.raises(RpcTimeout):
+                await a.rpc.call("ghost", "known_seq", {"room": "r"}, timeout=0.3)
+        assert b.hub.connected.is_set()
