@@ -282,9 +282,13 @@ async def send_until_acked(
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("how", ["sigkill", "manual"])
 async def test_shard_fail_over_under_a_room_loses_no_acked_event(
     redis_cluster: Topology,  # noqa: F811
+    how: str,
 ) -> None:
+    """SIGKILL of the room's master (its replica takes over after the node timeout), or a
+    graceful CLUSTER FAILOVER (the old master turns replica, still up)."""
     slug = next(
         s
         for s in rooms_on_every_master(redis_cluster)
@@ -309,7 +313,8 @@ async def test_shard_fail_over_under_a_room_loses_no_acked_event(
 
         stop = asyncio.Event()
         writing = asyncio.create_task(writer(stop))
-        promoted = await asyncio.to_thread(redis_cluster.kill_master, master)
+        fail_over = redis_cluster.kill_master if how == "sigkill" else redis_cluster.failover
+        promoted = await asyncio.to_thread(fail_over, master)
         assert redis_cluster.master_for_key(RoomKeys(slug).log) == promoted
         for i in range(5):
             acked.append(await send_until_acked(a, slug, f"after-{i}"))
@@ -320,8 +325,10 @@ async def test_shard_fail_over_under_a_room_loses_no_acked_event(
         await eventually(lambda: tab.seqs[-1:] == [max(acked)], "delivered after", timeout=15)
         assert tab.seqs == sorted(set(tab.seqs))
         assert set(acked) <= set(tab.seqs), sorted(set(acked) - set(tab.seqs))
-        if b.hub.sharded:
-            assert b.hub.reconnects >= 1  # the shard link was placed again
+        if b.hub.sharded and how == "sigkill":
+            assert b.hub.reconnects >= 1  # the dead master's shard link was placed again
+        # (A graceful fail-over may keep the link: the old master, now a replica, still gets
+        # the room's sharded messages by replication, or drops them with a sunsubscribe.)
 
 
 @pytest.mark.asyncio
