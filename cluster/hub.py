@@ -110,6 +110,9 @@ class PubSubHub:
         self._shards: dict[str, _Link] = {}  # master name -> its link
         self._placement: dict[str, _Link] = {}  # sharded channel -> the link carrying it
         self._unplaced: dict[str, bool] = {}  # sharded channel -> moved alone (not a lost link)
+        # The hub's own view of who serves which slot (CLUSTER SLOTS), read after a failure:
+        # (first slot, last slot, host, port) sorted. Empty: use the cluster client's view.
+        self._slot_owners: list[tuple[int, int, str, int]] = []
         self._placer: asyncio.Task[None] | None = None
         self._classic_up = False
         self._stopping = False
@@ -259,7 +262,7 @@ class PubSubHub:
             health_check_interval=0,
             **kwargs,
         )
-        return Redis(connection_pool=pool)
+        return Redis.from_pool(pool)  # its aclose() closes the pool's connections too
 
     async def _classic_client(self) -> tuple[Redis, Redis | None]:
         """The client for the classic link, and the client to close with it (cluster only)."""
@@ -268,9 +271,12 @@ class PubSubHub:
             return self._redis, None
         assert isinstance(self._redis, RedisCluster)
         await self._redis.initialize()
-        nodes = self._redis.get_primaries() or self._redis.get_nodes()
-        node = random.choice(nodes)
-        client = self._link_client(node.host, int(node.port))
+        masters = {(host, port) for _first, _last, host, port in self._slot_owners}
+        if not masters:
+            nodes = self._redis.get_primaries() or self._redis.get_nodes()
+            masters = {(node.host, int(node.port)) for node in nodes}
+        host, port = random.choice(sorted(masters))
+        client = self._link_client(host, port)
         return client, client
 
     async def _connect_classic(self) -> None:
@@ -363,13 +369,27 @@ class PubSubHub:
 
     # -- sharded links (Redis Cluster 7+) ------------------------------------------------------
 
-    async def _place(self, channel: str) -> None:
-        """SSUBSCRIBE ``channel`` on the master that holds its slot (caller holds the lock)."""
+    def _owner(self, channel: str, *, fresh: bool) -> tuple[str, int]:
+        """``(host, port)`` of the master serving ``channel``'s slot: from the hub's own slot
+        map just read (``fresh``, after a failure), else from the cluster client's, which its
+        commands keep current (MOVED answers patch it). Raises if no master serves it."""
         assert isinstance(self._redis, RedisCluster)
+        if fresh and self._slot_owners:
+            slot = self._redis.keyslot(channel)
+            for first, last, host, port in self._slot_owners:
+                if first <= slot <= last:
+                    return host, port
+            raise LookupError(f"no master serves slot {slot}")
         node = self._redis.get_node_from_key(channel)
-        link = self._shards.get(node.name)
+        return node.host, int(node.port)
+
+    async def _place(self, channel: str, *, fresh: bool = False) -> None:
+        """SSUBSCRIBE ``channel`` on the master that holds its slot (caller holds the lock)."""
+        host, port = self._owner(channel, fresh=fresh)
+        name = f"{host}:{port}"
+        link = self._shards.get(name)
         if link is None:
-            link = await self._open_shard(node.name, node.host, int(node.port))
+            link = await self._open_shard(name, host, port)
         await link.send("SSUBSCRIBE", channel)
         link.channels.add(channel)
         link.leaving.discard(channel)
@@ -463,10 +483,10 @@ class PubSubHub:
                 master = ""
                 try:
                     # Raises while no master serves the slot (mid fail-over).
-                    master = self._redis.get_node_from_key(channel).name
+                    master = "{}:{}".format(*self._owner(channel, fresh=True))
                     if master in unreachable:
                         continue
-                    await self._place(channel)
+                    await self._place(channel, fresh=True)
                 except Exception as exc:
                     unreachable.add(master)
                     logger.warning("placing %s on %s failed (%s)", channel, master, exc)
@@ -502,11 +522,32 @@ class PubSubHub:
         await link.close()
 
     async def _refresh_slot_map(self) -> None:
+        """Read CLUSTER SLOTS from the first node that answers, over a connection of our own.
+        Not ``nodes_manager.initialize()``: that replaces the shared cluster client's node
+        objects and disconnects the old ones, cutting every command in flight on them."""
         assert isinstance(self._redis, RedisCluster)
-        try:
-            await self._redis.nodes_manager.initialize()
-        except Exception as exc:
-            logger.warning("refreshing the cluster's slot map failed (%s)", exc)
+        known = {(node.host, int(node.port)) for node in self._redis.get_nodes()}
+        known |= {
+            (node.host, int(node.port)) for node in self._redis.nodes_manager.startup_nodes.values()
+        }
+        candidates = list(known)
+        random.shuffle(candidates)
+        for host, port in candidates:
+            client = self._link_client(host, port)
+            try:
+                # "CLUSTER", "SLOTS" as two words: redis-py leaves the reply raw.
+                reply = await client.execute_command("CLUSTER", "SLOTS")
+            except Exception as exc:
+                logger.debug("CLUSTER SLOTS from %s:%s failed (%s)", host, port, exc)
+                continue
+            finally:
+                await client.aclose()
+            self._slot_owners = sorted(
+                (int(entry[0]), int(entry[1]), str(entry[2][0]) or host, int(entry[2][1]))
+                for entry in reply
+            )
+            return
+        logger.warning("no node of the cluster answered CLUSTER SLOTS")
 
     def _update_connected(self) -> None:
         if self._classic_up and not self._unplaced:
