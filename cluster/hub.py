@@ -494,6 +494,7 @@ class PubSubHub:
                 if moved:
                     self.slot_moves += 1
                     moved_alone.append(channel)
+                    logger.info("%s: its slot moved; subscribed again on %s", channel, master)
                 else:
                     lost_link = True
             # Links left without channels (every one moved elsewhere) go.
