@@ -493,3 +493,24 @@ async def test_rpc_to_a_node_nobody_runs(redis_cluster: Topology) -> None:  # no
             with pytest.raises(RpcTimeout):
                 await a.rpc.call("ghost", "known_seq", {"room": "r"}, timeout=0.3)
         assert b.hub.connected.is_set()
+
+
+@pytest.mark.asyncio
+async def test_script_call_survives_a_slot_routed_to_a_node_listed_as_replica(
+    redis_cluster: Topology,  # noqa: F811
+) -> None:
+    """What concurrent MOVED answers after a fail-over can leave in redis-py's slot map: the
+    slot routed to its master, that master listed as a replica, and its script cache empty
+    (it was a replica). redis-py's own retry loads the script on the "primaries" only and
+    fails with NOSCRIPT for good; ours loads it where the slot is routed."""
+    client = async_redis(redis_cluster.url)
+    try:
+        script = client.register_script("return redis.call('INCR', KEYS[1])")
+        key = RoomKeys("scripted").seq
+        assert await script(keys=[key]) == 1
+        node = client.get_node_from_key(key)
+        node.server_type = "replica"  # the bug's aftermath
+        redis_cluster.client(int(node.port)).execute_command("SCRIPT", "FLUSH")
+        assert await script(keys=[key]) == 2
+    finally:
+        await client.aclose()
