@@ -63,6 +63,10 @@ class HalfOpenConnection(ConnectionError):
     """The pub/sub connection stopped answering PINGs."""
 
 
+class NotMaster(Exception):
+    """A shard link would have gone to a node that is not (or no longer) a master."""
+
+
 @dataclass(eq=False)
 class _Link:
     """One pub/sub connection and the channels it carries."""
@@ -388,6 +392,9 @@ class PubSubHub:
         host, port = self._owner(channel, fresh=fresh)
         name = f"{host}:{port}"
         link = self._shards.get(name)
+        if link is not None and fresh:
+            # The node may have been demoted since the link opened (a fail-over).
+            await self._check_master(host, port)
         if link is None:
             link = await self._open_shard(name, host, port)
         await link.send("SSUBSCRIBE", channel)
@@ -396,7 +403,21 @@ class PubSubHub:
         self._placement[channel] = link
         self._unplaced.pop(channel, None)
 
+    async def _check_master(self, host: str, port: int) -> None:
+        """Raise unless ``host:port`` is a master now. A replica accepts SSUBSCRIBE too and even
+        passes the master's messages on, but SPUBLISH's answer (how many heard it: the RPC's
+        reachability test) counts the master's subscribers only. A slot map read from a node
+        that has not heard of a fail-over yet names the old master."""
+        checker = self._link_client(host, port)
+        try:
+            role = await checker.execute_command("ROLE")
+        finally:
+            await checker.aclose()
+        if not role or str(role[0]) != "master":
+            raise NotMaster(f"{host}:{port} is no master ({role[0] if role else '?'})")
+
     async def _open_shard(self, name: str, host: str, port: int) -> _Link:
+        await self._check_master(host, port)
         client = self._link_client(host, port)
         link = _Link(name, sharded=True, pubsub=client.pubsub(), client=client)
         try:
@@ -477,6 +498,11 @@ class PubSubHub:
         lost_link = False
         moved_alone: list[str] = []
         async with self._lock:
+            # Links left without channels (every one moved away, their node perhaps demoted)
+            # go first: a placement must not reuse one unchecked.
+            for link in list(self._shards.values()):
+                if not link.channels:
+                    await self._drop_shard(link)
             unreachable: set[str] = set()  # masters that failed this pass: try no more
             for channel, moved in list(self._unplaced.items()):
                 assert isinstance(self._redis, RedisCluster)
