@@ -1,7 +1,8 @@
 """WebSocket clients of the three protocols, and the tally every received frame goes to.
 
-One process holds every client; the hot path (a chat message arriving) is a regex over the raw
-frame, a set lookup and an append, so that the generator stays cheaper than the servers. A
+One process holds every client; the hot path (a chat message arriving) is a frame parsed in
+``data_received`` (bench/wire.py: no task or future per frame), a regex over its text, a set
+lookup and an append, so that the generator stays cheaper than the servers. A
 message body carries its step, its sender, its number and the send time (monotonic ns)."""
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import websockets
-from websockets.asyncio.client import ClientConnection
+from . import wire
 
 BODY_BYTES = 64
 _BODY = re.compile(r"~(\d+)~(\d+)~(\d+)~(\d+)~")
@@ -56,7 +56,7 @@ class Client:
         self.url = url
         self.origin = origin
         self.protocol = protocol
-        self.ws: ClientConnection | None = None
+        self.ws: wire.WireConnection | None = None
         self.tally: Tally | None = None
         self.seen: set[tuple[str, str]] = set()
         self.seen_step = -1
@@ -64,7 +64,6 @@ class Client:
         self.expect_replay = 0
         self.replayed = 0
         self.resumed = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
 
     # -- connecting
 
@@ -72,42 +71,38 @@ class Client:
         """Connect and join; returns the seconds it took until the client can chat."""
         self.tally = tally
         started = time.monotonic()
-        async with asyncio.timeout(timeout):
-            self.ws = await websockets.connect(
-                self.url,
-                origin=self.origin,  # type: ignore[arg-type]
-                compression=None,
-                ping_interval=None,
-                close_timeout=2,
-                open_timeout=timeout,
-                max_size=2**22,
-                max_queue=None,
-                user_agent_header=None,
-            )
-            if self.protocol == "project":
-                self.hello = json.loads(await self.ws.recv())
-            elif self.protocol == "socketio":
-                await self._socketio_handshake(self.ws)
+        ws = await wire.connect(self.url, origin=self.origin, timeout=timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                if self.protocol == "project":
+                    self.hello = json.loads(await ws.recv())
+                elif self.protocol == "socketio":
+                    await self._socketio_handshake(ws)
+        except BaseException:
+            ws.abort()
+            raise
         ready = time.monotonic() - started
         if self.expect_replay <= 0:
             self.resumed.set()
-        self._reader = asyncio.get_running_loop().create_task(self._read(self.ws))
+        self.ws = ws
+        ws.closed.add_done_callback(self._on_closed)
+        ws.stream_to(self._on_frame)
         return ready
 
-    async def _socketio_handshake(self, ws: ClientConnection) -> None:
+    async def _socketio_handshake(self, ws: wire.WireConnection) -> None:
         opening = await ws.recv()
         if not str(opening).startswith("0"):
             raise RuntimeError(f"engine.io open expected, got {opening!r}")
-        await ws.send("40")
+        ws.send_text("40")
         while not str(await ws.recv()).startswith("40"):
             pass
-        await ws.send(f'421["join","{self.room}"]')
+        ws.send_text(f'421["join","{self.room}"]')
         while True:
             frame = str(await ws.recv())
             if frame.startswith("431"):
                 return
             if frame == "2":
-                await ws.send("3")
+                ws.send_text("3")
 
     # -- sending
 
@@ -119,21 +114,17 @@ class Client:
             text = f'{{"message":"{body}"}}'
         else:
             text = f'42["chat","{self.room}","{body}"]'
-        await self.ws.send(text)
+        self.ws.send_text(text)
 
     # -- receiving
 
-    async def _read(self, ws: ClientConnection) -> None:
-        try:
-            async for raw in ws:
-                text = raw if isinstance(raw, str) else raw.decode()
-                if self._on_text(text) and self.protocol == "socketio":
-                    await ws.send("3")
-        except websockets.ConnectionClosed:
-            pass
-        finally:
-            if self.tally is not None:
-                self.tally.closed += 1
+    def _on_frame(self, text: str) -> None:
+        if self._on_text(text) and self.protocol == "socketio" and self.ws is not None:
+            self.ws.send_text("3")  # an Engine.IO ping
+
+    def _on_closed(self, _: object) -> None:
+        if self.tally is not None:
+            self.tally.closed += 1
 
     def _on_text(self, text: str) -> bool:
         """Count one frame; True when it was an Engine.IO ping (answered by the caller)."""
@@ -187,10 +178,11 @@ class Client:
     # -- closing
 
     async def close(self) -> None:
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await self.ws.close()
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader
+        ws = self.ws
+        if ws is None:
+            return
+        ws.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(ws.closed), 2)
+        except TimeoutError:
+            ws.abort()

@@ -53,6 +53,19 @@ class LoopLag:
         return None if value is None else round(value, 1)
 
 
+def calls_per_message(
+    before: dict[str, int], after: dict[str, int], messages: int
+) -> dict[str, float]:
+    """Redis calls per message sent in a step, by command (the busiest ones), and in all."""
+    if not after or not messages:
+        return {}
+    delta = {name: after[name] - before.get(name, 0) for name in after}
+    busiest = sorted((n for n in delta if delta[n] > 0), key=delta.__getitem__, reverse=True)
+    shown = {name: round(delta[name] / messages, 2) for name in busiest[:8]}
+    shown["all"] = round(sum(delta.values()) / messages, 2)
+    return shown
+
+
 @dataclass
 class Plan:
     """Sizes and rates of one run (``--quick`` shrinks them)."""
@@ -256,6 +269,22 @@ class Generator:
             await asyncio.sleep(0.5)
         return records
 
+    def redis_calls(self) -> dict[str, int]:
+        """Redis's own count of calls per command so far (INFO commandstats)."""
+        redis_server = getattr(self.system, "redis", None)
+        if redis_server is None:
+            return {}
+        import redis
+
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            stats = client.info("commandstats")
+        except redis.RedisError:
+            return {}
+        finally:
+            client.close()
+        return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+
     async def step(
         self,
         scenario: str,
@@ -272,6 +301,7 @@ class Generator:
         tally = self.new_tally()
         self.attach(clients, tally)
         lag = LoopLag()
+        calls_before = await asyncio.to_thread(self.redis_calls)
         meter = self.meter()
         loop = asyncio.get_running_loop()
         total = max(1, round(message_rate * duration))
@@ -298,6 +328,7 @@ class Generator:
             while tally.acks < sent and loop.time() < drain_deadline:
                 await asyncio.sleep(0.02)
         cpu = meter.stop()
+        calls_after = await asyncio.to_thread(self.redis_calls)
         lag_p99 = await lag.stop()
         latencies = tally.latencies_ns
         p99 = ms(percentile(latencies, 0.99))
@@ -334,6 +365,7 @@ class Generator:
             "generator_core_share": round(generator_share, 2),
             "generator_loop_lag_p99_ms": lag_p99,
             "generator_bound": generator_share >= GENERATOR_BOUND_SHARE,
+            "redis_calls_per_message": calls_per_message(calls_before, calls_after, sent),
         }
         if self.system.protocol == "project":
             record.update(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -163,6 +164,13 @@ async def profile_project(
 
 async def main(args: argparse.Namespace) -> Path:
     plan = QUICK if args.quick else FULL
+    if args.s1_rates or args.step_s:
+        # a focused measurement (one system's CPU per delivery at chosen rates, say)
+        plan = dataclasses.replace(
+            plan,
+            s1_rates=args.s1_rates or plan.s1_rates,
+            step_s=args.step_s or plan.step_s,
+        )
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = args.out or RESULTS / f"{'quick' if args.quick else 'full'}-{run_id}.jsonl"
     results = Results(path)
@@ -208,6 +216,16 @@ async def main(args: argparse.Namespace) -> Path:
     return path
 
 
+def _rates(text: str) -> list[int]:
+    try:
+        rates = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates are comma-separated integers: {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"rates must be positive: {text!r}")
+    return rates
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short steps, about 3-5 minutes")
@@ -234,6 +252,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="time budget per system (default 3 quick, 6 full)",
     )
+    parser.add_argument(
+        "--s1-rates",
+        type=_rates,
+        default=None,
+        help="S1's offered rates instead of the plan's, e.g. 4000,12000",
+    )
+    parser.add_argument("--step-s", type=float, default=None, help="seconds per rate step")
     parser.add_argument("--out", type=Path, default=None, help="JSONL file to append to")
     parser.add_argument("--no-report", action="store_true", help="leave docs/ alone")
     args = parser.parse_args(argv)

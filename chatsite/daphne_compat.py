@@ -32,11 +32,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
+import logging
 import os
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Iterator
 from typing import Any
 
+logger = logging.getLogger("chatsite.daphne_compat")
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
 TRANSPORT_EXTENSION = "chat.transport"
 SLOW_CLOSE_WAIT_S = 10.0  # bounded: at most the socket's buffer budget is held meanwhile
@@ -48,19 +54,25 @@ PREPARED_FRAMES = os.environ.get("RUNNODE_PREPARED_FRAMES", "on") != "off"
 _FRAMED_KEEP = 256  # frames whose bytes are remembered: the events a room's sockets still send
 # id(text) -> (text, frame bytes); holding the text keeps its id from being reused.
 _framed: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+_last_framed: tuple[str | None, bytes] = (None, b"")
 
 
 def framed(text: str) -> bytes:
     """One unmasked, uncompressed WebSocket text frame carrying ``text``, built once per text
     object: the outbox hands every socket the same string for one event."""
+    global _last_framed
+    last = _last_framed
+    if last[0] is text:  # the fan-out asks for one event's frame once per socket in a row
+        return last[1]
     cached = _framed.get(id(text))
     if cached is not None and cached[0] is text:
+        _last_framed = cached
         return cached[1]
     from autobahn.websocket.protocol import PreparedMessage
 
     # What WebSocketServerFactory.prepareMessage builds (servers do not mask).
     data = PreparedMessage(text.encode(), False, False, True).payloadHybi
-    _framed[id(text)] = (text, data)
+    _framed[id(text)] = _last_framed = (text, data)
     if len(_framed) > _FRAMED_KEEP:
         _framed.popitem(last=False)
     return data
@@ -72,6 +84,10 @@ class TransportProbe:
 
     def __init__(self, protocol: Any) -> None:
         self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
+        # id() of the protocol's transport once it was seen to be a plain Twisted TCP one: the
+        # per-event write then skips the checks that cannot change (the transport of a
+        # connection stays the same object; an id, not a reference, keeps nothing alive).
+        self._plain_tcp = 0
 
     def write_text(self, text: str, *, only_if_idle: bool = False) -> bool:
         """Write ``text`` as one frame straight into the socket's transport, now (the caller's
@@ -89,12 +105,26 @@ class TransportProbe:
             or protocol.state != protocol.STATE_OPEN
             or protocol._perMessageCompress is not None
             or protocol.send_queue
-            or protocol.transport is None
         ):
             return False
-        if only_if_idle and self._transport_buffered(protocol.transport):
+        transport = protocol.transport
+        if transport is None:
             return False
-        write_through(protocol.transport, framed(text))
+        if id(transport) == self._plain_tcp:
+            # The fan-out's common case, once per socket per event: a look at Twisted's
+            # buffer, then one send on the socket.
+            if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
+                if only_if_idle:
+                    return False
+                transport.write(framed(text))
+                return True
+            send_now(transport, framed(text))
+            return True
+        if only_if_idle and self._transport_buffered(transport):
+            return False
+        if _is_plain_tcp(transport):
+            self._plain_tcp = id(transport)
+        write_through(transport, framed(text))
         return True
 
     def kernel_unsent(self) -> int:
@@ -147,19 +177,29 @@ def write_through(transport: Any, data: bytes) -> None:
     """``transport.write(data)``, but sent on the socket now when the transport holds nothing
     (order is kept: anything already buffered goes first through Twisted). Plain TCP only: a
     TLS transport, or anything not a Twisted TCP connection, takes the ordinary way."""
-    sock = getattr(transport, "socket", None)
-    if (
-        sock is None
-        or getattr(transport, "TLS", True)  # Twisted's TCP transports say False until startTLS
-        or not getattr(transport, "connected", False)
-        or getattr(transport, "disconnecting", True)
-        or getattr(transport, "_writeDisconnected", True)
-        or _fd_buffered(transport)
-    ):
+    if not _is_plain_tcp(transport) or _fd_buffered(transport):
         transport.write(data)
         return
+    send_now(transport, data)
+
+
+def _is_plain_tcp(transport: Any) -> bool:
+    return not (
+        getattr(transport, "socket", None) is None
+        or getattr(transport, "TLS", True)  # Twisted's TCP transports say False until startTLS
+        or not hasattr(transport, "dataBuffer")
+        or getattr(transport, "transport", None) is not None  # wraps another layer
+    )
+
+
+def send_now(transport: Any, data: bytes) -> None:
+    """Send ``data`` on a plain TCP transport whose buffer is empty; what the kernel does not
+    take now goes to Twisted's buffer (which then writes it when the socket turns writable)."""
+    if not transport.connected or transport.disconnecting or transport._writeDisconnected:
+        transport.write(data)  # going away: Twisted's write knows what to do (drop it)
+        return
     try:
-        sent = sock.send(data)
+        sent = transport.socket.send(data)
     except (BlockingIOError, InterruptedError):
         sent = 0
     except OSError:
@@ -183,6 +223,140 @@ def patch_daphne() -> None:
     allow_server_close_codes()
     expose_transport()
     bound_inbound()
+    plain_autobahn_highlights()
+    compact_open_sockets()
+
+
+# What the opening handshake left on a socket's protocol that nothing reads once it is open:
+# the request and response bytes, the parsed headers (the scope has its own copy), the key.
+HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_response_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_params",
+    "http_request_host",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "clean_headers",
+)
+
+
+class LazyDeque:
+    """The part of a deque that autobahn uses for a protocol's ``send_queue`` (``append``,
+    ``popleft``, ``len``) and ``TransportProbe.buffered`` reads (truth, iteration), with the
+    deque made only while something waits in it: autobahn queues there only chopped or
+    synchronous sends, which this project does not make."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+
+    def append(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def popleft(self) -> Any:
+        items = self._items
+        if not items:
+            raise IndexError("pop from an empty deque")
+        item = items.popleft()
+        if not items:
+            self._items = None
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items or ())
+
+
+class _RequestPath:
+    """What daphne reads of the handshake's request once the socket is open: its path (for
+    the "disconnected" log line)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def compact_open_sockets() -> None:
+    """Once a socket is open, shrink what its protocol object holds (~3 kB of ~30 per idle
+    socket): autobahn copies its factory's 29 settings onto every protocol, which with
+    daphne's own attributes makes a 99-key instance dict (3.3 kB); they move to the class
+    (one factory per server: the values are the same objects), the handshake's leftovers go,
+    and the dict is rebuilt at its new size (dicts never shrink by themselves)."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    if getattr(WebSocketProtocol, "_chat_compacts", False):
+        return
+    original = WebSocketProtocol.onOpen
+
+    def on_open(self: Any) -> None:
+        original(self)
+        try:
+            compact_protocol(self)
+        except Exception:  # memory only: never a reason to fail a socket
+            logger.debug("compacting an open socket's protocol failed", exc_info=True)
+
+    WebSocketProtocol.onOpen = on_open
+    WebSocketProtocol._chat_compacts = True
+
+
+def compact_protocol(protocol: Any) -> None:
+    cls = type(protocol)
+    factory = protocol.factory
+    shared_by = cls.__dict__.get("_chat_config_factory")
+    if shared_by is None:
+        for name in cls.CONFIG_ATTRS:
+            value = getattr(factory, name)
+            # A plain function on the class would come back bound to the protocol: kept as
+            # it is on the instance (perMessageCompressionAccept is one).
+            setattr(cls, name, staticmethod(value) if inspect.isfunction(value) else value)
+        cls._chat_config_factory = shared_by = factory
+    attributes = protocol.__dict__
+    if shared_by is factory:
+        for name in cls.CONFIG_ATTRS:
+            if name in attributes and attributes[name] is getattr(cls, name):
+                del attributes[name]
+    for name in HANDSHAKE_LEFTOVERS:
+        if name in attributes:
+            attributes[name] = None
+    if isinstance(attributes.get("send_queue"), deque) and not attributes["send_queue"]:
+        attributes["send_queue"] = LazyDeque()  # 760 bytes while empty, which is always
+    request = attributes.get("request")
+    if request is not None and not isinstance(request, _RequestPath):
+        attributes["request"] = _RequestPath(getattr(request, "path", ""))
+    protocol.__dict__ = dict(attributes)
+
+
+def plain_autobahn_highlights() -> None:
+    """Autobahn's protocols build the arguments of a debug line on every read and
+    every connect, whether or not debug lines are shown: four ANSI-coloured strings through
+    click.style and an ``inspect`` walk per read (~1 % of a node's CPU under load, more in a
+    connect storm). Its module gets plain versions of the two helpers: debug lines still name
+    the function and the values, uncoloured."""
+    import autobahn.twisted.websocket as twisted_websocket
+    import autobahn.websocket.protocol as websocket_protocol
+
+    for module in (twisted_websocket, websocket_protocol):
+        module.hltype = _plain_type  # type: ignore[attr-defined]
+        module.hlval = _plain_value  # type: ignore[attr-defined]
+
+
+def _plain_type(obj: Any) -> str:
+    return f"<{getattr(obj, '__qualname__', type(obj).__qualname__)}>"
+
+
+def _plain_value(value: Any, color: str = "", bold: bool = False) -> str:
+    return f"{value}"
 
 
 def allow_server_close_codes() -> None:
@@ -212,15 +386,69 @@ def expose_transport() -> None:
     original = Server.create_application
 
     def create_application(self: Any, protocol: Any, scope: dict[str, Any]) -> Any:
-        if scope.get("type") == "websocket":
-            forget_upgrade_request(protocol)
-            extensions = dict(scope.get("extensions") or {})
-            extensions[TRANSPORT_EXTENSION] = TransportProbe(protocol)
-            scope["extensions"] = extensions
-        return original(self, protocol, scope)
+        if scope.get("type") != "websocket":
+            return original(self, protocol, scope)
+        forget_upgrade_request(protocol)
+        extensions = dict(scope.get("extensions") or {})
+        extensions[TRANSPORT_EXTENSION] = TransportProbe(protocol)
+        scope["extensions"] = extensions
+        # Daphne's own steps, with an InboundQueue instead of its asyncio.Queue.
+        assert "application_instance" not in self.connections[protocol]
+        queue = InboundQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        instance = self.application(
+            scope=scope, receive=queue.get, send=functools.partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(instance)
+        return queue
 
     Server.create_application = create_application
     Server._chat_transport_probe = True
+
+
+class InboundQueue:
+    """A socket's frames on their way to its application: what daphne and Channels use of an
+    ``asyncio.Queue`` (``put_nowait`` from daphne, ``get`` from the one consumer task), without
+    its three deques and lock-free waiter lists per socket (~2.4 kB of an idle socket's ~32):
+    one deque while frames wait, one future while the application waits, nothing otherwise."""
+
+    __slots__ = ("_queue", "_waiter")
+
+    def __init__(self) -> None:
+        self._queue: deque[Any] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        if self._queue is None:
+            self._queue = deque()
+        self._queue.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        while not self._queue:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._queue.popleft()
+        if not self._queue:
+            self._queue = None
+        return item
+
+    def qsize(self) -> int:
+        return len(self._queue) if self._queue else 0
+
+    def empty(self) -> bool:
+        return not self._queue
+
+    def waiting(self) -> tuple[Any, ...] | deque[Any]:
+        """The frames waiting, oldest first (for the inbound bound)."""
+        return self._queue or ()
 
 
 def forget_upgrade_request(protocol: Any) -> None:
@@ -240,7 +468,10 @@ def forget_upgrade_request(protocol: Any) -> None:
 
 def _inbound_backlog(queue: Any) -> tuple[int, int]:
     """Frames and bytes waiting in daphne's application queue for one socket."""
-    items = getattr(queue, "_queue", ())  # asyncio.Queue's deque: at most INBOUND_FRAMES long
+    if isinstance(queue, InboundQueue):
+        items: Any = queue.waiting()  # at most INBOUND_FRAMES long
+    else:
+        items = getattr(queue, "_queue", None) or ()  # an asyncio.Queue's deque
     size = sum(len(item.get("text") or item.get("bytes") or "") for item in items)
     return len(items), size
 

@@ -58,6 +58,8 @@ ENVIRONMENT: dict[str, str] = {
     "CHAT_RETENTION_DAYS": "days archived messages are kept (empty: forever); prune_history",
     # packaging (issue 12, item 5)
     "CHAT_STATIC_ROOT": "where collectstatic writes and the node serves static files from",
+    # beyond one Redis (issue 13)
+    "CHAT_REDIS_MIN_REPLICAS": "replicas an append waits for (WAIT) before its ack",
 }
 
 
@@ -161,6 +163,8 @@ CHAT_ALLOW_GUESTS = _env_bool("CHAT_ALLOW_GUESTS", True)
 CHAT_HISTORY_LIMIT = _env_int("CHAT_HISTORY_LIMIT", 10000, minimum=100)
 CHAT_RATE_LIMIT = parse_rate_limit(_env("CHAT_RATE_LIMIT", "20/10"))
 CHAT_SEND_TIMEOUT_MS = _env_int("CHAT_SEND_TIMEOUT_MS", 5000, minimum=100)
+# 0: an ack means the master has the event (replication is asynchronous); N: N replicas too.
+CHAT_REDIS_MIN_REPLICAS = _env_int("CHAT_REDIS_MIN_REPLICAS", 0, minimum=0)
 CHAT_ROOM_IDLE_S = _env_int("CHAT_ROOM_IDLE_S", 300)
 CHAT_SOCKET_BUFFER_BYTES = _env_int("CHAT_SOCKET_BUFFER_BYTES", 1048576, minimum=65536)
 CHAT_MAX_SOCKETS_PER_USER = _env_int("CHAT_MAX_SOCKETS_PER_USER", 20)

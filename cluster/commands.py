@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from .errors import CommandError
@@ -44,7 +44,9 @@ class Command:
         return self.dedupe_as or self.actor
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        # Every field is a str or bool: a flat dict, not dataclasses.asdict's deep copy (this
+        # runs for every command forwarded to another node).
+        return {name: getattr(self, name) for name in _COMMAND_FIELDS}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Command:
@@ -62,11 +64,15 @@ class Ack:
     moderated: bool = False
 
     def to_wire(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _ACK_FIELDS}
 
     @classmethod
     def from_wire(cls, data: dict[str, Any]) -> Ack:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+_COMMAND_FIELDS = tuple(f.name for f in fields(Command))
+_ACK_FIELDS = tuple(f.name for f in fields(Ack))
 
 
 def validate(command: Command, *, max_body: int) -> None:

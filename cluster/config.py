@@ -20,6 +20,22 @@ class ClusterConfig:
     dedupe_ttl_s: int = 86_400
     # Recent messages the room server keeps in memory (edit and delete checks, hand-off state).
     state_window: int = 200
+    # Replicas that must hold an append (and a lease claim) before it is acked: Redis ``WAIT``
+    # right after the write, on its connection (cluster.replication). 0: no WAIT at all.
+    min_replicas: int = 0
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0:
+            raise ValueError(f"min_replicas={self.min_replicas} must be at least 0")
+
+    @property
+    def replica_wait_ms(self) -> int:
+        """How long one WAIT may block: a quarter of the command's budget, so that the router
+        can try again (the dedupe makes a retry idempotent) before the client's deadline, and
+        a stopped replica holds a room's queue for a moment, not for the whole budget. Capped
+        at 1 s, well below the Redis client's socket timeout; a healthy replica answers in
+        about one round trip."""
+        return max(50, min(1000, self.send_timeout_ms // 4))
 
     @property
     def heartbeat_interval_s(self) -> float:

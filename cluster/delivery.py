@@ -273,14 +273,21 @@ class Delivery:
 
     def _send(self, room: DeliveryRoom, frame: Frame) -> None:
         for listener in list(room.listeners):
-            self._send_one(room, listener, frame)
+            try:  # _send_one, inlined: once per local socket per event
+                listener.deliver(frame)
+            except Exception:
+                self._failed(room, listener)
 
     def _send_one(self, room: DeliveryRoom, listener: Listener, frame: Frame) -> None:
         try:
             listener.deliver(frame)
         except Exception:
-            # One broken socket costs nobody else a frame; it may have missed this one, so it
-            # is asked to close, and its client resumes with ``after=``.
-            logger.exception("a socket of %s failed to take a frame; closing it", room.slug)
-            with contextlib.suppress(Exception):
-                listener.request_close(CLOSE_INTERNAL)
+            self._failed(room, listener)
+
+    @staticmethod
+    def _failed(room: DeliveryRoom, listener: Listener) -> None:
+        # One broken socket costs nobody else a frame; it may have missed this one, so it is
+        # asked to close, and its client resumes with ``after=``.
+        logger.exception("a socket of %s failed to take a frame; closing it", room.slug)
+        with contextlib.suppress(Exception):
+            listener.request_close(CLOSE_INTERNAL)

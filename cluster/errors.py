@@ -110,6 +110,26 @@ class RpcTimeout(Retryable):
     """A node did not answer in time."""
 
 
+class ReplicasBehind(Retryable):
+    """Fewer replicas than ``min_replicas`` confirmed a write in time (cluster.replication).
+
+    The master has the write (an appended event may even be delivered) but a fail-over could
+    still lose it, so it is not acked: the sender retries with the same client_id, and the
+    dedupe answers the retry with the same seq once the replicas confirm it."""
+
+    def __init__(self, wanted: int, confirmed: int, timeout_ms: int) -> None:
+        super().__init__(
+            f"{confirmed} of {wanted} replicas confirmed the write within {timeout_ms} ms"
+        )
+        self.wanted = wanted
+        self.confirmed = confirmed
+
+
+# Handled like a dropped connection wherever Redis errors are: the write may or may not be safe,
+# so whoever made it re-reads before going on, and the command is retried with its client_id.
+TRANSIENT_REDIS_ERRORS = (*TRANSIENT_REDIS_ERRORS, ReplicasBehind)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """The router's whole retry rule."""
     return isinstance(exc, (Retryable, *TRANSIENT_REDIS_ERRORS))

@@ -14,8 +14,10 @@ from redis.asyncio import Redis
 
 from . import events, scripts
 from .errors import ClusterError, Fenced
+from .fastlane import FastLane
 from .keys import RoomKeys
 from .publishing import room_publish_command
+from .replication import ReplicaWait
 
 READ_BATCH = 500
 # Events per script call when restoring archived events: each call blocks Redis briefly.
@@ -69,11 +71,23 @@ class Unreserved(ClusterError):
 
 
 class RoomLog:
-    def __init__(self, redis: Redis, *, history_limit: int, dedupe_ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        history_limit: int,
+        dedupe_ttl_s: int,
+        replicas: ReplicaWait | None = None,
+        hot: FastLane | None = None,
+    ) -> None:
         self._redis = redis
+        # Appends (and answers found by the dedupe) wait for this many replicas before an ack.
+        self._replicas = replicas or ReplicaWait(redis, min_replicas=0, timeout_ms=0)
         self._history_limit = history_limit
         self._dedupe_ttl_s = dedupe_ttl_s
-        self._append = redis.register_script(scripts.APPEND_EVENT)
+        # The append runs once per message: on the lean connection where there is one (with
+        # min_replicas, ReplicaWait runs it on redis-py's connection, next to its WAIT).
+        self._append = (hot or redis).register_script(scripts.APPEND_EVENT)
         self._raise_floor = redis.register_script(scripts.RAISE_SEQ_FLOOR)
         self._restore = redis.register_script(scripts.RESTORE_EVENTS)
 
@@ -94,7 +108,11 @@ class RoomLog:
     ) -> AppendResult:
         """Append ``event`` (no seq) as the room's next event.
 
-        Raises Fenced, RoomClosed, or Unreserved (the next seq is above ``reservation``).
+        Raises Fenced, RoomClosed, or Unreserved (the next seq is above ``reservation``); and
+        ReplicasBehind (retryable) if fewer than ``min_replicas`` replicas confirm the append or
+        the earlier answer a duplicate gets: the event stays in the log, unacked, and the
+        sender's retry gets its seq from the dedupe (see cluster.replication for why that is
+        correct).
 
         ``state_delta``, if given, goes to the room's state stream in the same atomic step, with
         every ``seq_placeholder`` in it replaced by the seq the event gets.
@@ -115,7 +133,8 @@ class RoomLog:
             target_seq = events.seq_of_message_id(target)
             if target_seq is not None:
                 deleted_id, deleted_seq = target, str(target_seq)
-        reply: list[Any] = await self._append(
+        reply: list[Any] = await self._replicas.script(
+            self._append,
             keys=[k.lease, k.seq, k.log, dedupe_key, k.closed, k.state, k.reserved, k.deleted],
             args=[
                 node,
@@ -135,6 +154,7 @@ class RoomLog:
                 # SPUBLISH on a Redis Cluster 7+ (cluster/publishing.py; cached per client).
                 await room_publish_command(self._redis),
             ],
+            wrote=_appended,
         )
         status = reply[0]
         if status == "fenced":
@@ -143,14 +163,19 @@ class RoomLog:
             raise RoomClosed(slug)
         if status == "unreserved":
             raise Unreserved(slug, int(reply[1]), int(reservation or 0))
+        if status == "dup":
+            # The answer of an earlier attempt, perhaps one whose replicas fell short.
+            await self._replicas.confirm(dedupe_key)
         return AppendResult(seq=int(reply[1]), id=str(reply[2]), duplicate=status == "dup")
 
     async def find_applied(self, slug: str, user: str, client_id: str) -> AppendResult | None:
         """The answer a command (``user``, ``client_id``) got, if it was applied (kept a day):
         a re-send is acked with it again, before any check that would now refuse it."""
-        prior = await self._redis.get(RoomKeys(slug).dedupe(user, client_id))
+        key = RoomKeys(slug).dedupe(user, client_id)
+        prior = await self._redis.get(key)
         if not prior:
             return None
+        await self._replicas.confirm(key)  # it is acked again: on the replicas too (see append)
         seq_text, _, message_id = str(prior).partition(" ")
         return AppendResult(seq=int(seq_text), id=message_id, duplicate=True)
 
@@ -287,6 +312,11 @@ class RoomLog:
 
     async def raise_seq_floor(self, slug: str, floor: int) -> int:
         return int(await self._raise_floor(keys=[RoomKeys(slug).seq], args=[str(floor)]))
+
+
+def _appended(reply: list[Any]) -> bool:
+    """Whether APPEND_EVENT wrote: only ``ok`` did (a duplicate is confirmed on its own)."""
+    return bool(reply) and reply[0] == "ok"
 
 
 def holes(after: int, kept: list[events.Event], upto: int) -> list[tuple[int, int]]:

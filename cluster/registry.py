@@ -18,6 +18,7 @@ from . import keys, scripts
 from .errors import LeaseTaken
 from .keys import RoomKeys
 from .publishing import publish
+from .replication import ReplicaWait
 
 logger = logging.getLogger("cluster.registry")
 
@@ -30,9 +31,14 @@ class Lease:
 
 
 class RoomRegistry:
-    def __init__(self, redis: Redis, node: str) -> None:
+    def __init__(self, redis: Redis, node: str, *, replicas: ReplicaWait | None = None) -> None:
         self._redis = redis
         self._node = node
+        # A claim (its epoch INCR and the lease) waits for the replicas like an append: a room
+        # server starts only on a lease that a fail-over cannot take back to the previous
+        # owner's older epoch (that owner could append again while this one believes it owns
+        # the room; this one's appends would be fenced only from its next one on).
+        self._replicas = replicas or ReplicaWait(redis, min_replicas=0, timeout_ms=0)
         self._claim = redis.register_script(scripts.CLAIM_LEASE)
         self._release = redis.register_script(scripts.RELEASE_LEASE)
         self._cache: dict[str, Lease | None] = {}
@@ -47,11 +53,15 @@ class RoomRegistry:
         return lease
 
     async def claim(self, slug: str, *, presumed_dead: str = "") -> Lease:
-        """Take the room with a new epoch; raises LeaseTaken if a live owner holds it."""
+        """Take the room with a new epoch; raises LeaseTaken if a live owner holds it, or
+        ReplicasBehind (retryable: a retry claims again, with a higher epoch)."""
         k = RoomKeys(slug)
         floor = self.highest_epoch_seen.get(slug, 0)
-        status, owner, epoch = await self._claim(
-            keys=[k.lease, k.epoch], args=[self._node, presumed_dead, str(floor)]
+        status, owner, epoch = await self._replicas.script(
+            self._claim,
+            keys=[k.lease, k.epoch],
+            args=[self._node, presumed_dead, str(floor)],
+            wrote=lambda reply: reply[0] == "ok",
         )
         if status != "ok":
             lease = Lease(slug, owner, int(epoch or 0))

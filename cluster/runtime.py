@@ -20,15 +20,17 @@ from .config import ClusterConfig
 from .connection import async_redis
 from .errors import ERROR_CODES, CommandError, Draining, LeaseTaken
 from .fanout import Attachment, Fanout, Listener
+from .fastlane import FastLane
 from .history import Archive, read_through
 from .hub import PubSubHub
 from .log import LogRange, RoomLog
 from .membership import Membership
 from .placement import preferred_node
 from .registry import RoomRegistry
+from .replication import ReplicaWait
 from .router import CommandRouter
 from .rpc import Rpc
-from .seq_recovery import SeqWitness
+from .seq_recovery import ASK_NODES_TIMEOUT_S, SeqWitness
 from .state_store import StateStore
 from .stats import NodeStats
 from .supervisor import HandoffHint, Supervisor
@@ -97,13 +99,23 @@ class ClusterRuntime:
         # What rooms/metrics.py exports besides the components' own counters.
         self.stats = NodeStats()
         self.redis = async_redis(self.redis_url)
+        # The per-message commands (the append, node-to-node requests) on one pipelined
+        # connection; None where it cannot follow the client (Redis Cluster, TLS).
+        self.fast = FastLane.for_client(self.redis)
+        self.replicas = ReplicaWait(
+            self.redis,
+            min_replicas=self.config.min_replicas,
+            timeout_ms=self.config.replica_wait_ms,
+        )
         self.log = RoomLog(
             self.redis,
             history_limit=self.config.history_limit,
             dedupe_ttl_s=self.config.dedupe_ttl_s,
+            replicas=self.replicas,
+            hot=self.fast,
         )
         self.hub = PubSubHub(self.redis, on_reconnect=self._on_reconnect)
-        self.registry = RoomRegistry(self.redis, self.node)
+        self.registry = RoomRegistry(self.redis, self.node, replicas=self.replicas)
         self.membership = Membership(
             self.redis, self.config, stats=self._stats, on_lost=self._on_lost
         )
@@ -132,7 +144,7 @@ class ClusterRuntime:
         )
         # The highest seq this node has acked per room: what it tells a room's next owner.
         self.witness = SeqWitness()
-        self.rpc = Rpc(self.redis, self.hub, self.node, self._serve_rpc)
+        self.rpc = Rpc(self.fast or self.redis, self.hub, self.node, self._serve_rpc)
         self.router = CommandRouter(
             config=self.config,
             registry=self.registry,
@@ -168,6 +180,7 @@ class ClusterRuntime:
             logger.info("cleared %d presence entries left by an earlier %s", stale, self.node)
         self.fanout.start()
         await self.membership.start()
+        await self.replicas.warn_if_short()
         await self.supervisor.start()
         for number, worker in enumerate(self.hooks.workers):
             self._tasks.spawn(worker(self), f"worker{number}:{getattr(worker, '__name__', '')}")
@@ -223,6 +236,8 @@ class ClusterRuntime:
         await self.rpc.stop()
         await self.membership.stop()
         await self.hub.stop()
+        if self.fast is not None:
+            await self.fast.close()
         await self.redis.aclose()
 
     @property
@@ -320,7 +335,11 @@ class ClusterRuntime:
         others = [n for n in self.membership.live if n != self.node]
 
         async def one(node: str) -> int:
-            reply = await self.rpc.call(node, "known_seq", {"room": slug}, timeout=0.8)
+            # Inside the asker's own bound: a slow peer is left out, but this node's answer
+            # (computed below) always arrives. Were the asker to time out first, it would drop
+            # our own seqs too and could reissue them (seen in a shard fail-over under load).
+            timeout = ASK_NODES_TIMEOUT_S * 0.8
+            reply = await self.rpc.call(node, "known_seq", {"room": slug}, timeout=timeout)
             return int(reply.get("seq", 0))
 
         answers = await asyncio.gather(*(one(n) for n in others), return_exceptions=True)

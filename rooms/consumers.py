@@ -297,7 +297,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             seq = int(frame["seq"])
             if seq <= self.known_seq:
                 return  # already sent, or already to be read from the log
-            if seq == self.sent_seq + 1 and self._write_now(frame):
+            if (
+                seq == self.sent_seq + 1
+                and self.idle
+                and self.probe is not None
+                and self.probe.write_text(encode(frame)[0], only_if_idle=True)
+            ):  # _write_now, inlined: this is the fan-out's per-socket step
                 self.sent_seq = self.known_seq = seq
                 return
             if self.behind or not self.outbox.offer(frame):

@@ -24,6 +24,7 @@ def config_from_settings(**overrides: object) -> ClusterConfig:
         "rate_limit": settings.CHAT_RATE_LIMIT,
         "rate_limit_per_address": settings.CHAT_RATE_LIMIT_PER_ADDRESS,
         "send_timeout_ms": settings.CHAT_SEND_TIMEOUT_MS,
+        "min_replicas": settings.CHAT_REDIS_MIN_REPLICAS,
         "room_idle_s": float(settings.CHAT_ROOM_IDLE_S),
         "drain_timeout_s": float(settings.CHAT_DRAIN_TIMEOUT_S),
         "max_body": settings.CHAT_MAX_BODY,

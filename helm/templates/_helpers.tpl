@@ -241,6 +241,10 @@ CHAT_ALLOW_GUESTS: {{ ternary "true" "false" .Values.chat.allowGuests | quote }}
 CHAT_HISTORY_LIMIT: {{ .Values.chat.historyLimit | int | quote }}
 CHAT_RATE_LIMIT: {{ .Values.chat.rateLimit | quote }}
 CHAT_SEND_TIMEOUT_MS: {{ .Values.chat.sendTimeoutMs | int | quote }}
+{{- if and .Values.redis.bundled.enabled (gt (int .Values.chat.redisMinReplicas) 0) }}
+{{- fail "chat.redisMinReplicas > 0 needs an external Redis with replicas: the bundled Redis has none" }}
+{{- end }}
+CHAT_REDIS_MIN_REPLICAS: {{ .Values.chat.redisMinReplicas | int | quote }}
 CHAT_ROOM_IDLE_S: {{ .Values.chat.roomIdleSeconds | int | quote }}
 CHAT_LOG_LEVEL: {{ .Values.chat.logLevel | upper | quote }}
 CHAT_ARCHIVE_LAG_S: {{ .Values.chat.archiveLagSeconds | toString | quote }}
@@ -358,7 +362,18 @@ REDIS_URL for the bundled Redis or from redis.external's url or parts.
 {{- $query = append $query "ssl_cert_reqs=required" -}}
 {{- end -}}
 {{- $url := "" -}}
-{{- if $ext.sentinel.enabled -}}
+{{- if and $ext.sentinel.enabled $ext.cluster.enabled -}}
+{{- fail "redis.external: enable sentinel or cluster, not both" -}}
+{{- end -}}
+{{- if $ext.cluster.enabled -}}
+{{- if not $ext.cluster.nodes -}}
+{{- fail "redis.external.cluster.nodes: list at least one cluster node as host:port" -}}
+{{- end -}}
+{{- if ne (int $ext.db) 0 -}}
+{{- fail "redis.external.db: a Redis Cluster has only database 0" -}}
+{{- end -}}
+{{- $url = printf "%s+cluster://%s%s/" $scheme $auth (join "," $ext.cluster.nodes) -}}
+{{- else if $ext.sentinel.enabled -}}
 {{- if not $ext.sentinel.hosts -}}
 {{- fail "redis.external.sentinel.hosts: list at least one sentinel as host:port" -}}
 {{- end -}}
@@ -368,7 +383,7 @@ REDIS_URL for the bundled Redis or from redis.external's url or parts.
 {{- $url = printf "%s+sentinel://%s%s/%s/%d" $scheme $auth (join "," $ext.sentinel.hosts) $ext.sentinel.masterName (int $ext.db) -}}
 {{- else -}}
 {{- if not $ext.host -}}
-{{- fail "redis: with redis.bundled.enabled=false set redis.external.url, redis.external.existingSecret, redis.external.host or redis.external.sentinel" -}}
+{{- fail "redis: with redis.bundled.enabled=false set redis.external.url, redis.external.existingSecret, redis.external.host, redis.external.sentinel or redis.external.cluster" -}}
 {{- end -}}
 {{- $url = printf "%s://%s%s:%d/%d" $scheme $auth $ext.host (int $ext.port) (int $ext.db) -}}
 {{- end -}}
@@ -390,7 +405,7 @@ Fail early on contradictory values.
 */}}
 {{- define "chat.validate" -}}
 {{- $ext := .Values.redis.external -}}
-{{- if and .Values.redis.bundled.enabled (or $ext.url $ext.existingSecret $ext.host $ext.sentinel.enabled) -}}
+{{- if and .Values.redis.bundled.enabled (or $ext.url $ext.existingSecret $ext.host $ext.sentinel.enabled $ext.cluster.enabled) -}}
 {{- fail "redis: set redis.bundled.enabled=false to use redis.external" -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (not (or .Values.autoscaling.targetCPUUtilizationPercentage .Values.autoscaling.targetMemoryUtilizationPercentage)) -}}

@@ -217,6 +217,14 @@ def test_redis_url_is_one_redis_py_parses(rendered: Rendered) -> None:
         target = parse_sentinel_url(url)  # raises ValueError on a URL the app cannot use
         assert target.sentinels and target.master
         return
+    if "+cluster://" in url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        nodes = parts.netloc.rpartition("@")[2].split(",")
+        assert nodes and all(n.rpartition(":")[2].isdigit() for n in nodes), url
+        assert parts.path in ("", "/"), "a Redis Cluster has only database 0"
+        return
     parsed = parse_url(url)
     assert parsed["host"]
     if url.startswith("rediss://") and "ssl_ca_certs" in parsed:

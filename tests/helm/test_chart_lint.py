@@ -53,6 +53,7 @@ def test_template_renders_the_expected_kinds(render: Render) -> None:
             "sentinel.hosts",
         ),
         (("database.host=",), "database.url"),
+        (("chat.redisMinReplicas=1",), "bundled Redis has none"),
         (
             ("autoscaling.enabled=true", "autoscaling.targetCPUUtilizationPercentage=null"),
             "targetCPUUtilizationPercentage",
@@ -65,6 +66,7 @@ def test_template_renders_the_expected_kinds(render: Render) -> None:
         "no-redis",
         "no-sentinels",
         "no-db",
+        "replicas-without-replicas",
         "hpa-without-target",
     ],
 )

@@ -51,6 +51,7 @@ def migrate_job(rendered: Rendered) -> dict[str, Any]:
         (("chat.leaseTtlMs=10",), "leaseTtlMs"),  # below what the settings accept
         (("chat.rateLimit=fast",), "rateLimit"),
         (("chat.logLevel=LOUD",), "logLevel"),
+        (("chat.redisMinReplicas=-1",), "redisMinReplicas"),
         (("image.digest=latest",), "digest"),
         (("image.pullPolicy=Sometimes",), "pullPolicy"),
         (("podAntiAffinityPreset=medium",), "podAntiAffinityPreset"),

@@ -131,3 +131,18 @@ async def test_every_socket_gets_the_same_bytes_in_order_and_a_closed_one_breaks
     for socket in (sender, *staying):
         await socket.wait_for(lambda s=socket: len(s.durable_texts()) == MESSAGES + 1)
         await socket.close()
+
+
+def test_autobahn_debug_lines_are_built_plain() -> None:
+    """Autobahn's per-read debug arguments no longer go through click.style (the patch keeps
+    what they say: the function's name and the value)."""
+    import autobahn.twisted.websocket as twisted_websocket
+
+    from chatsite.daphne_compat import patch_daphne
+
+    patch_daphne()
+    assert twisted_websocket.hlval(42) == "42"
+    assert twisted_websocket.hltype(test_autobahn_debug_lines_are_built_plain) == (
+        "<test_autobahn_debug_lines_are_built_plain>"
+    )
+    assert "\x1b[" not in twisted_websocket.hltype(twisted_websocket.WebSocketServerProtocol)
