@@ -17,6 +17,7 @@ follows MOVED/ASK redirections and shard fail-overs itself; it has only database
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -190,13 +191,43 @@ def _cluster_kwargs(target: ClusterTarget) -> dict[str, Any]:
     }
 
 
+class ChatRedisCluster(redis.asyncio.cluster.RedisCluster):  # type: ignore[misc]
+    """redis-py's async RedisCluster, with a SCRIPT LOAD that reaches every node a command may
+    be sent to.
+
+    A script call (``Script.__call__``) that meets NOSCRIPT loads the script with
+    ``script_load`` (on the nodes redis-py lists as primaries) and calls it once more. After a
+    fail-over, concurrent MOVED answers can leave redis-py routing a slot to its new master
+    while listing that master as a replica (``NodesManager._update_moved_slots`` run twice for
+    one move): the load never reaches it, and every call of the script on that slot fails
+    with NOSCRIPT until the client re-reads the cluster. So the load goes to the primaries and
+    to every node the slot map routes to.
+    """
+
+    async def script_load(self, script: Any) -> str:
+        routed = {nodes[0].name: nodes[0] for nodes in self.nodes_manager.slots_cache.values()}
+        targets = {node.name: node for node in self.get_primaries()} | routed
+        results = await asyncio.gather(
+            *(
+                self.execute_command("SCRIPT LOAD", script, target_nodes=node)
+                for node in targets.values()
+            ),
+            return_exceptions=True,
+        )
+        loaded = [str(r) for r in results if isinstance(r, (str, bytes))]
+        if not loaded:
+            errors = [r for r in results if isinstance(r, BaseException)]
+            raise errors[0] if errors else redis.RedisError("SCRIPT LOAD reached no node")
+        return loaded[0]
+
+
 def async_redis(url: str) -> redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster:
     """The client for ``url``: a ``RedisCluster`` for cluster URLs, else a ``Redis``."""
     scheme = urlsplit(url).scheme
     if scheme in CLUSTER_SCHEMES:
         target = parse_cluster_url(url)
         startup = [redis.asyncio.cluster.ClusterNode(host, port) for host, port in target.nodes]
-        return redis.asyncio.cluster.RedisCluster(
+        return ChatRedisCluster(
             startup_nodes=startup, health_check_interval=10, **_cluster_kwargs(target)
         )
     if scheme in SENTINEL_SCHEMES:

@@ -63,6 +63,10 @@ class HalfOpenConnection(ConnectionError):
     """The pub/sub connection stopped answering PINGs."""
 
 
+class NotMaster(Exception):
+    """A shard link would have gone to a node that is not (or no longer) a master."""
+
+
 @dataclass(eq=False)
 class _Link:
     """One pub/sub connection and the channels it carries."""
@@ -110,10 +114,12 @@ class PubSubHub:
         self._shards: dict[str, _Link] = {}  # master name -> its link
         self._placement: dict[str, _Link] = {}  # sharded channel -> the link carrying it
         self._unplaced: dict[str, bool] = {}  # sharded channel -> moved alone (not a lost link)
+        # The hub's own view of who serves which slot (CLUSTER SLOTS), read after a failure:
+        # (first slot, last slot, host, port) sorted. Empty: use the cluster client's view.
+        self._slot_owners: list[tuple[int, int, str, int]] = []
         self._placer: asyncio.Task[None] | None = None
-        self._placed = asyncio.Event()  # set while no sharded channel waits for a link
-        self._placed.set()
         self._classic_up = False
+        self._stopping = False
         self.sharded = False  # room channels go by SSUBSCRIBE (known after start)
         self.connected = asyncio.Event()
         self.reconnects = 0
@@ -133,6 +139,7 @@ class PubSubHub:
         )
 
     async def stop(self) -> None:
+        self._stopping = True  # no placer starts again behind our back
         await cancel_and_wait(self._placer)
         self._placer = None
         await cancel_and_wait(self._classic_task)
@@ -147,6 +154,20 @@ class PubSubHub:
         classic, self._classic = self._classic, None
         if classic is not None:
             await classic.close()
+
+    @property
+    def classic_node(self) -> str | None:
+        """``host:port`` of the Redis that the classic link is connected to (None: down)."""
+        link = self._classic
+        if link is None or not self._classic_up:
+            return None
+        kwargs = link.pubsub.connection_pool.connection_kwargs
+        return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    @property
+    def shard_nodes(self) -> list[str]:
+        """``host:port`` of every shard master a sharded link is open to."""
+        return sorted(self._shards)
 
     # -- what publishers need to know ------------------------------------------------------
 
@@ -171,7 +192,8 @@ class PubSubHub:
         on_resubscribed: Callable[[], None] | None = None,
     ) -> None:
         """Deliver ``channel``'s messages to ``handler``. ``sharded``: the channel carries a
-        hash tag and is published with ``room_publish_command`` (a room's events).
+        hash tag and publishers use ``publish_command(sharded=True)`` (a room's events, a
+        node's RPC inbox): SSUBSCRIBE on a Redis Cluster 7+, else SUBSCRIBE.
         ``on_resubscribed``: called after the channel alone was subscribed again elsewhere
         (its slot moved); whatever was published meanwhile is lost to pub/sub."""
         async with self._lock:
@@ -244,7 +266,7 @@ class PubSubHub:
             health_check_interval=0,
             **kwargs,
         )
-        return Redis(connection_pool=pool)
+        return Redis.from_pool(pool)  # its aclose() closes the pool's connections too
 
     async def _classic_client(self) -> tuple[Redis, Redis | None]:
         """The client for the classic link, and the client to close with it (cluster only)."""
@@ -253,9 +275,12 @@ class PubSubHub:
             return self._redis, None
         assert isinstance(self._redis, RedisCluster)
         await self._redis.initialize()
-        nodes = self._redis.get_primaries() or self._redis.get_nodes()
-        node = random.choice(nodes)
-        client = self._link_client(node.host, int(node.port))
+        masters = {(host, port) for _first, _last, host, port in self._slot_owners}
+        if not masters:
+            nodes = self._redis.get_primaries() or self._redis.get_nodes()
+            masters = {(node.host, int(node.port)) for node in nodes}
+        host, port = random.choice(sorted(masters))
+        client = self._link_client(host, port)
         return client, client
 
     async def _connect_classic(self) -> None:
@@ -348,20 +373,51 @@ class PubSubHub:
 
     # -- sharded links (Redis Cluster 7+) ------------------------------------------------------
 
-    async def _place(self, channel: str) -> None:
-        """SSUBSCRIBE ``channel`` on the master that holds its slot (caller holds the lock)."""
+    def _owner(self, channel: str, *, fresh: bool) -> tuple[str, int]:
+        """``(host, port)`` of the master serving ``channel``'s slot: from the hub's own slot
+        map just read (``fresh``, after a failure), else from the cluster client's, which its
+        commands keep current (MOVED answers patch it). Raises if no master serves it."""
         assert isinstance(self._redis, RedisCluster)
+        if fresh and self._slot_owners:
+            slot = self._redis.keyslot(channel)
+            for first, last, host, port in self._slot_owners:
+                if first <= slot <= last:
+                    return host, port
+            raise LookupError(f"no master serves slot {slot}")
         node = self._redis.get_node_from_key(channel)
-        link = self._shards.get(node.name)
+        return node.host, int(node.port)
+
+    async def _place(self, channel: str, *, fresh: bool = False) -> None:
+        """SSUBSCRIBE ``channel`` on the master that holds its slot (caller holds the lock)."""
+        host, port = self._owner(channel, fresh=fresh)
+        name = f"{host}:{port}"
+        link = self._shards.get(name)
+        if link is not None and fresh:
+            # The node may have been demoted since the link opened (a fail-over).
+            await self._check_master(host, port)
         if link is None:
-            link = await self._open_shard(node.name, node.host, int(node.port))
+            link = await self._open_shard(name, host, port)
         await link.send("SSUBSCRIBE", channel)
         link.channels.add(channel)
         link.leaving.discard(channel)
         self._placement[channel] = link
         self._unplaced.pop(channel, None)
 
+    async def _check_master(self, host: str, port: int) -> None:
+        """Raise unless ``host:port`` is a master now. A replica accepts SSUBSCRIBE too and even
+        passes the master's messages on, but SPUBLISH's answer (how many heard it: the RPC's
+        reachability test) counts the master's subscribers only. A slot map read from a node
+        that has not heard of a fail-over yet names the old master."""
+        checker = self._link_client(host, port)
+        try:
+            role = await checker.execute_command("ROLE")
+        finally:
+            await checker.aclose()
+        if not role or str(role[0]) != "master":
+            raise NotMaster(f"{host}:{port} is no master ({role[0] if role else '?'})")
+
     async def _open_shard(self, name: str, host: str, port: int) -> _Link:
+        await self._check_master(host, port)
         client = self._link_client(host, port)
         link = _Link(name, sharded=True, pubsub=client.pubsub(), client=client)
         try:
@@ -412,6 +468,8 @@ class PubSubHub:
             return
         self._unplaced[channel] = self._unplaced.get(channel, True) and moved
         self._update_connected()
+        if self._stopping:
+            return
         if self._placer is None or self._placer.done():
             self._placer = asyncio.get_running_loop().create_task(
                 self._place_loop(), name="hub:place"
@@ -419,45 +477,68 @@ class PubSubHub:
 
     async def _place_loop(self) -> None:
         """Place every waiting sharded channel from a fresh slot map, with backoff; then have
-        the rooms fill what pub/sub lost meanwhile."""
+        the rooms fill what pub/sub lost meanwhile. Ends only once nothing waits: a channel
+        unplaced while it runs is placed by this same loop."""
         backoff = BACKOFF_MIN_S
         while True:
-            await self._refresh_slot_map()
-            lost_link = False
-            moved_alone: list[str] = []
-            async with self._lock:
-                for channel, moved in list(self._unplaced.items()):
-                    try:
-                        await self._place(channel)
-                    except Exception as exc:
-                        logger.warning("placing %s failed (%s)", channel, exc)
-                        continue
-                    if moved:
-                        self.slot_moves += 1
-                        moved_alone.append(channel)
-                    else:
-                        lost_link = True
-                left = bool(self._unplaced)
-                # Links left without channels (every one moved elsewhere) go.
-                for link in list(self._shards.values()):
-                    if not link.channels:
-                        await self._drop_shard(link)
-                self._update_connected()
-            for channel in moved_alone:
-                callback = self._on_resubscribed.get(channel)
-                if callback is not None:
-                    try:
-                        callback()
-                    except Exception:
-                        logger.exception("resubscribe callback of %s failed", channel)
-            if lost_link:
-                self.reconnects += 1
-                logger.info("sharded pub/sub placed again; rooms fill their gaps")
-                await self._resync_all()
-            if not left:
+            try:
+                await self._place_pass()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("placing sharded channels failed; retrying")
+            # No await between this check and the return: nothing can be unplaced unseen.
+            if not self._unplaced:
                 return
             await asyncio.sleep(backoff)
             backoff = min(BACKOFF_MAX_S, backoff * 2)
+
+    async def _place_pass(self) -> None:
+        await self._refresh_slot_map()
+        lost_link = False
+        moved_alone: list[str] = []
+        async with self._lock:
+            # Links left without channels (every one moved away, their node perhaps demoted)
+            # go first: a placement must not reuse one unchecked.
+            for link in list(self._shards.values()):
+                if not link.channels:
+                    await self._drop_shard(link)
+            unreachable: set[str] = set()  # masters that failed this pass: try no more
+            for channel, moved in list(self._unplaced.items()):
+                assert isinstance(self._redis, RedisCluster)
+                master = ""
+                try:
+                    # Raises while no master serves the slot (mid fail-over).
+                    master = "{}:{}".format(*self._owner(channel, fresh=True))
+                    if master in unreachable:
+                        continue
+                    await self._place(channel, fresh=True)
+                except Exception as exc:
+                    unreachable.add(master)
+                    logger.warning("placing %s on %s failed (%s)", channel, master, exc)
+                    continue
+                if moved:
+                    self.slot_moves += 1
+                    moved_alone.append(channel)
+                    logger.info("%s: its slot moved; subscribed again on %s", channel, master)
+                else:
+                    lost_link = True
+            # Links left without channels (every one moved elsewhere) go.
+            for link in list(self._shards.values()):
+                if not link.channels:
+                    await self._drop_shard(link)
+            self._update_connected()
+        for channel in moved_alone:
+            callback = self._on_resubscribed.get(channel)
+            if callback is not None:
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("resubscribe callback of %s failed", channel)
+        if lost_link:
+            self.reconnects += 1
+            logger.info("sharded pub/sub placed again; rooms fill their gaps")
+            await self._resync_all()
 
     async def _drop_shard(self, link: _Link) -> None:
         if self._shards.get(link.name) is link:
@@ -468,11 +549,32 @@ class PubSubHub:
         await link.close()
 
     async def _refresh_slot_map(self) -> None:
+        """Read CLUSTER SLOTS from the first node that answers, over a connection of our own.
+        Not ``nodes_manager.initialize()``: that replaces the shared cluster client's node
+        objects and disconnects the old ones, cutting every command in flight on them."""
         assert isinstance(self._redis, RedisCluster)
-        try:
-            await self._redis.nodes_manager.initialize()
-        except Exception as exc:
-            logger.warning("refreshing the cluster's slot map failed (%s)", exc)
+        known = {(node.host, int(node.port)) for node in self._redis.get_nodes()}
+        known |= {
+            (node.host, int(node.port)) for node in self._redis.nodes_manager.startup_nodes.values()
+        }
+        candidates = list(known)
+        random.shuffle(candidates)
+        for host, port in candidates:
+            client = self._link_client(host, port)
+            try:
+                # "CLUSTER", "SLOTS" as two words: redis-py leaves the reply raw.
+                reply = await client.execute_command("CLUSTER", "SLOTS")
+            except Exception as exc:
+                logger.debug("CLUSTER SLOTS from %s:%s failed (%s)", host, port, exc)
+                continue
+            finally:
+                await client.aclose()
+            self._slot_owners = sorted(
+                (int(entry[0]), int(entry[1]), str(entry[2][0]) or host, int(entry[2][1]))
+                for entry in reply
+            )
+            return
+        logger.warning("no node of the cluster answered CLUSTER SLOTS")
 
     def _update_connected(self) -> None:
         if self._classic_up and not self._unplaced:

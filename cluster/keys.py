@@ -3,9 +3,10 @@
 All keys of one room share the hash tag ``{room:SLUG}`` so that a room never spans Redis Cluster
 shards and its Lua scripts touch a single slot; the room's channel carries the tag too, so on a
 Redis Cluster >= 7 its events go out by sharded pub/sub (SPUBLISH) from inside the append script.
-Node keys carry their own tag ``{node:NAME}``. The cluster-wide membership keys share the tag
-``{cluster}``: one shard answers a membership read or heartbeat in one round trip. They are off
-the message path (heartbeats and polls only), so that one shard is no hot spot.
+Node keys carry their own tag ``{node:NAME}``. The cluster-wide membership keys (``NODES``,
+``NODE_INFO``) need no common tag: no script touches them together, each command names one of
+them, and they are off the message path (heartbeats and polls only). Their names stay as they
+were, so that old and new nodes see each other during a rolling upgrade.
 """
 
 from __future__ import annotations
@@ -115,9 +116,8 @@ def node_rpc_channel(name: str) -> str:
     return f"{PREFIX}:{{node:{name}}}:rpc"
 
 
-CLUSTER_TAG = f"{PREFIX}:{{cluster}}"
-NODES = f"{CLUSTER_TAG}:nodes"  # zset name -> last heartbeat (Redis time, ms)
-NODE_INFO = f"{CLUSTER_TAG}:nodeinfo"  # hash name -> JSON {state, rooms, connections}
+NODES = f"{PREFIX}:nodes"  # zset name -> last heartbeat (Redis time, ms)
+NODE_INFO = f"{PREFIX}:nodeinfo"  # hash name -> JSON {state, rooms, connections}
 # Membership and hand-off announcements. Classic pub/sub, also on a Redis Cluster: every node
 # must hear them, and a cluster broadcasts a classic PUBLISH over its bus to every shard.
 CLUSTER_CHANNEL = f"{PREFIX}:cluster"

@@ -99,7 +99,9 @@ def room_purge(slug: str) -> int:
     pipe = client().pipeline(transaction=True)
     pipe.get(k.seq)
     pipe.hget(k.lease, "node")
-    pipe.delete(k.log, k.state, k.deleted, k.lease)
+    # DEL by name: redis-py's cluster pipelines refuse ``delete`` of several keys, even of one
+    # slot's.
+    pipe.execute_command("DEL", k.log, k.state, k.deleted, k.lease)
     seq, owner, _ = pipe.execute()
     if owner:
         _announce_released(slug, owner)
@@ -128,7 +130,7 @@ def room_forget(slug: str) -> None:
     doomed = [k.log, k.seq, k.reserved, k.lease, k.presence, k.state, k.deleted, names_key(slug)]
     doomed += _scan_room(r, k, f"{k.tag}:dedupe:*")
     pipe = r.pipeline(transaction=False)
-    pipe.delete(*doomed)
+    pipe.execute_command("DEL", *doomed)  # one slot's keys (see room_purge)
     pipe.set(k.closed, str(int(time.time())))
     pipe.execute()
     if owner:
@@ -156,6 +158,7 @@ def _announce_released(slug: str, owner: str) -> None:
 
 def room_move(slug: str, to: str | None = None) -> int:
     """Ask the room's owner to hand it off (to ``to``, or its next preferred node).
-    Returns how many nodes heard the request."""
+    Returns how many nodes heard the request (on a Redis Cluster: how many of those connected
+    to the node that took the PUBLISH; the cluster passes it on to the others)."""
     payload = json.dumps({"op": "move", "room": slug, "to": to})
     return int(client().publish(keys.CLUSTER_CHANNEL, payload))

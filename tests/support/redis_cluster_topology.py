@@ -112,6 +112,46 @@ def _ranges(count: int) -> list[tuple[int, int]]:
     return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throw-away CA and a server certificate for 127.0.0.1 (made with the openssl CLI)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> TlsFiles:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca, ca_key = directory / "ca.pem", directory / "ca.key"
+        cert, key, csr = directory / "server.pem", directory / "server.key", directory / "s.csr"
+        extensions = directory / "san.ext"
+        extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        for args in (
+            ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+             "-days", "1", "-subj", "/CN=chat-test-ca"],
+            ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+             "-subj", "/CN=127.0.0.1"],
+            ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+             "-out", cert, "-days", "1", "-extfile", extensions],
+        ):  # fmt: skip
+            subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
+        return cls(ca=ca, cert=cert, key=key)
+
+    def server_args(self, port: int) -> list[str]:
+        """TLS only: the client port, the cluster bus and replication."""
+        return [
+            "--port", "0",
+            "--tls-port", str(port),
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+            "--tls-cert-file", str(self.cert),
+            "--tls-key-file", str(self.key),
+            "--tls-ca-cert-file", str(self.ca),
+            "--tls-auth-clients", "no",
+        ]  # fmt: skip
+
+
 @dataclass
 class ClusterNodeProcess:
     port: int
@@ -138,6 +178,7 @@ class RedisClusterTopology:
     base_dir: Path
     node_timeout_ms: int
     appendonly: bool
+    tls: TlsFiles | None = None  # set: every port (clients, bus, replication) speaks TLS only
     nodes: dict[int, ClusterNodeProcess] = field(default_factory=dict)
     _clients: dict[int, redis.Redis] = field(default_factory=dict)
 
@@ -151,6 +192,7 @@ class RedisClusterTopology:
         *,
         node_timeout_ms: int = 1000,
         appendonly: bool = False,
+        tls: bool = False,
         binary: str | None = None,
         timeout_s: float = 30.0,
     ) -> RedisClusterTopology:
@@ -162,6 +204,8 @@ class RedisClusterTopology:
             node_timeout_ms=node_timeout_ms,
             appendonly=appendonly,
         )
+        if tls:
+            topology.tls = TlsFiles.create(topology.base_dir / "tls")
         try:
             topology._create(masters, replicas_per_master, timeout_s)
         except BaseException:
@@ -174,7 +218,7 @@ class RedisClusterTopology:
         directory.mkdir(parents=True, exist_ok=True)
         args = [
             self.binary,
-            "--port", str(port),
+            *(self.tls.server_args(port) if self.tls else ["--port", str(port)]),
             "--bind", "127.0.0.1",
             "--dir", str(directory),
             "--cluster-enabled", "yes",
@@ -280,8 +324,12 @@ class RedisClusterTopology:
     def client(self, port: int) -> redis.Redis:
         """A plain (non-cluster) client on one node, decoding responses."""
         if port not in self._clients:
-            self._clients[port] = self.nodes[port].client()
+            self._clients[port] = self.nodes[port].client(**self.client_tls())
         return self._clients[port]
+
+    def client_tls(self) -> dict[str, Any]:
+        """redis-py's TLS arguments for this cluster's nodes ({} without TLS)."""
+        return {"ssl": True, "ssl_ca_certs": str(self.tls.ca)} if self.tls else {}
 
     @property
     def ports(self) -> list[int]:
@@ -294,6 +342,8 @@ class RedisClusterTopology:
     def url(self) -> str:
         """``redis+cluster://`` naming every live node (a client needs only one to start)."""
         hosts = ",".join(f"127.0.0.1:{port}" for port in self.live_ports())
+        if self.tls:
+            return f"rediss+cluster://{hosts}/?ssl_ca_certs={self.tls.ca}"
         return f"redis+cluster://{hosts}/"
 
     def startup_nodes(self) -> list[tuple[str, int]]:
@@ -445,6 +495,35 @@ class RedisClusterTopology:
         )
         self.wait_healthy(timeout_s)
         return replica
+
+    def migrate_slot(self, slot: int, to_port: int, timeout_s: float = 20.0) -> None:
+        """Move ``slot`` (and its keys) to the master on ``to_port``, as ``redis-cli --cluster
+        reshard`` does: IMPORTING/MIGRATING, MIGRATE the keys in batches, then SETSLOT NODE on
+        every master."""
+        source = self.master_for_slot(slot)
+        if source == to_port:
+            return
+        source_id, target_id = self.nodes[source].node_id, self.nodes[to_port].node_id
+        src, dst = self.client(source), self.client(to_port)
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        while True:
+            batch = src.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
+            if not batch:
+                break
+            src.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *batch)
+        # The target first, then the source, then the other masters (as redis-cli does).
+        others = [p for p in self.masters() if p not in (source, to_port)]
+        for port in [to_port, source, *others]:
+            self.client(port).execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        wait_until(
+            lambda: all(
+                any(f <= slot <= last and m == to_port for f, last, m, _r in self.slot_map(p))
+                for p in self.live_ports()
+            ),
+            timeout_s,
+            f"every node to see slot {slot} on {to_port}",
+        )
 
     def restart_node(self, port: int, timeout_s: float = 20.0) -> None:
         """Start a stopped node again with its own nodes.conf: it rejoins (a killed master
