@@ -402,7 +402,7 @@ class LeanPubSub:
     def __init__(self, lane: FastLane) -> None:
         self._lane = lane
         self._pipe: _PubSubPipe | None = None
-        self.connection_pool: _PoolShape | None = None
+        self.connection_pool = _PoolShape(Address())  # where it is connected, once it is
 
     @classmethod
     def for_client(cls, client: Any) -> LeanPubSub | None:
