@@ -89,44 +89,61 @@ class AccessLog:
             )  # fmt: skip
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.monotonic()
-        path = scope.get("path", "")
-        seen: dict[str, Any] = {"accepted": False, "sent_close": None, "client_close": None}
-
-        async def sending(message: Message) -> None:
-            kind = message["type"]
-            if kind == "websocket.accept":
-                seen["accepted"] = True
-                logger.info(
-                    "websocket open %s", path,
-                    extra={"event": "websocket_open", "path": path, "client": _client(scope)},
-                )  # fmt: skip
-            elif kind == "websocket.close" and seen["sent_close"] is None:
-                seen["sent_close"] = int(message.get("code", 1000))
-            await send(message)
-
-        async def receiving() -> Message:
-            message = await receive()
-            if message["type"] == "websocket.disconnect" and seen["client_close"] is None:
-                seen["client_close"] = int(message.get("code", CLOSE_ABNORMAL))
-            return message
-
+        watch = _SocketWatch(scope, receive, send)
         try:
-            await self.app(scope, receiving, sending)
+            await self.app(scope, watch.receiving, watch.sending)
         finally:
-            if seen["sent_close"] is not None:
-                code, by = seen["sent_close"], "server"
-            elif seen["client_close"] is not None:
-                code, by = seen["client_close"], "client"
-            else:
-                code, by = CLOSE_ABNORMAL, "server"
-            duration_s = round(time.monotonic() - started, 3)
-            what = "websocket closed" if seen["accepted"] else "websocket refused"
+            watch.log_close()
+
+
+class _SocketWatch:
+    """What the access log notes of one socket while it lives: one small object per socket
+    (not a dict and two closures: a node holds thousands of idle sockets)."""
+
+    __slots__ = ("accepted", "heard", "path", "receive", "scope", "send", "sent", "started")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.path = scope.get("path", "")
+        self.started = time.monotonic()
+        self.receive = receive
+        self.send = send
+        self.accepted = False
+        self.sent: int | None = None  # the close code the node sent
+        self.heard: int | None = None  # the one the client's disconnect carried
+
+    async def sending(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "websocket.accept":
+            self.accepted = True
             logger.info(
-                "%s %s code %d by %s after %.1f s", what, path, code, by, duration_s,
-                extra={
-                    "event": "websocket_close" if seen["accepted"] else "websocket_refused",
-                    "path": path, "code": code, "closed_by": by, "duration_s": duration_s,
-                    "client": _client(scope),
-                },
+                "websocket open %s", self.path,
+                extra={"event": "websocket_open", "path": self.path, "client": _client(self.scope)},
             )  # fmt: skip
+        elif kind == "websocket.close" and self.sent is None:
+            self.sent = int(message.get("code", 1000))
+        await self.send(message)
+
+    async def receiving(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "websocket.disconnect" and self.heard is None:
+            self.heard = int(message.get("code", CLOSE_ABNORMAL))
+        return message
+
+    def log_close(self) -> None:
+        if self.sent is not None:
+            code, by = self.sent, "server"
+        elif self.heard is not None:
+            code, by = self.heard, "client"
+        else:
+            code, by = CLOSE_ABNORMAL, "server"
+        duration_s = round(time.monotonic() - self.started, 3)
+        what = "websocket closed" if self.accepted else "websocket refused"
+        logger.info(
+            "%s %s code %d by %s after %.1f s", what, self.path, code, by, duration_s,
+            extra={
+                "event": "websocket_close" if self.accepted else "websocket_refused",
+                "path": self.path, "code": code, "closed_by": by, "duration_s": duration_s,
+                "client": _client(self.scope),
+            },
+        )  # fmt: skip

@@ -82,6 +82,8 @@ class TransportProbe:
     """Bytes queued in the server for one WebSocket: autobahn's send queue plus Twisted's
     write buffers (every layer: TLS wraps a TCP transport)."""
 
+    __slots__ = ("_plain_tcp", "_protocol")  # one per socket: no instance dict
+
     def __init__(self, protocol: Any) -> None:
         self._protocol = weakref.ref(protocol)  # the probe must not keep a closed socket alive
         # id() of the protocol's transport once it was seen to be a plain Twisted TCP one: the

@@ -74,6 +74,19 @@ class RuntimeCollector(Collector):
             "chat_room_takeovers": ("rooms claimed from dead nodes", rt.supervisor.takeovers),
             "chat_room_handoffs": ("rooms handed to another node", rt.supervisor.handoffs),
             "chat_pubsub_reconnects": ("pub/sub reconnects", rt.hub.reconnects),
+            "chat_pubsub_slot_moves": (
+                "room channels subscribed again after their slot moved (Redis Cluster)",
+                rt.hub.slot_moves,
+            ),
+            "chat_replica_waits": (
+                "WAITs after a write (CHAT_REDIS_MIN_REPLICAS > 0)",
+                rt.replicas.waits,
+            ),
+            "chat_replica_shortfalls": (
+                "WAITs answered by fewer replicas than CHAT_REDIS_MIN_REPLICAS (answered "
+                "unavailable)",
+                rt.replicas.shortfalls,
+            ),
             "chat_sockets_opened": ("sockets admitted to a room", stats.sockets_opened),
             "chat_slow_consumers_closed": (
                 "sockets closed with 1013 because their client did not read",

@@ -12,6 +12,13 @@ from cluster.runtime import ClusterRuntime
 from .lifecycle import NodeLifecycle
 
 
+# Connections the kernel may hold before the server accepts them. Twisted's default is 50: a
+# reconnect storm (a drained node's clients, all at once) overflowed it, and every dropped SYN
+# cost its client a 1 s retransmit (the bench's storm: p99 2.2 s; the kernel counted
+# ListenOverflows). uvicorn's default; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 2048
+
+
 def serve(app: Any, runtime: ClusterRuntime, *, host: str, port: int, stdout: TextIO) -> int:
     import daphne.server
 
@@ -20,7 +27,7 @@ def serve(app: Any, runtime: ClusterRuntime, *, host: str, port: int, stdout: Te
     patch_daphne()
     server = daphne.server.Server(
         application=app,
-        endpoints=[f"tcp:port={port}:interface={host}"],
+        endpoints=[f"tcp:port={port}:interface={host}:backlog={LISTEN_BACKLOG}"],
         signal_handlers=False,
         application_close_timeout=5,
         websocket_handshake_timeout=10,

@@ -135,6 +135,9 @@ async def test_traffic_moves_every_counter_it_should(node: Node) -> None:
     components = {dict(k)["component"] for k in after["chat_redis_errors"][1]}
     assert components == {"pubsub", "membership", "room_server", "delivery"}
     assert after["chat_slow_consumers_closed"][0] == "counter"
+    for family in ("chat_pubsub_slot_moves", "chat_replica_waits", "chat_replica_shortfalls"):
+        assert after[family][0] == "counter", family
+    assert delta("chat_replica_waits", "chat_replica_waits_total") == 0  # MIN_REPLICAS 0
     # prometheus_client's default collectors are kept.
     assert after["process_resident_memory_bytes"][0] == "gauge"
     assert after["python_gc_objects_collected"][0] == "counter"
