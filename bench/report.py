@@ -346,8 +346,9 @@ def generated(path: Path) -> str:
     kind = "quick" if meta.get("quick") else "full"
     for scenario, title in (("s1", "S1 steps"), ("big", "One room × 500 steps")):
         image = IMG / f"bench-{kind}-{scenario}.png"
-        # a partial run shown beside the comparison gets tables only: the plots are the whole run's
-        if not subset(meta) and plot(records, scenario, systems, image):
+        # a run of only some systems, shown beside the comparison, gets tables only: the plots
+        # are the comparison's (a run of every system without, say, pauses still draws them)
+        if not _partial_systems(meta) and plot(records, scenario, systems, image):
             parts += [f"### {title}", "", f"![{title}](img/{image.name})", ""]
         else:
             parts += [f"### {title}", ""]
@@ -416,6 +417,11 @@ def generated(path: Path) -> str:
             "",
         ]
     return "\n".join(parts)
+
+
+def _partial_systems(meta: Record) -> bool:
+    chosen = meta.get("systems")
+    return isinstance(chosen, list) and bool(chosen) and set(chosen) != set(COMPARISON)
 
 
 def subset(meta: Record) -> list[str]:
