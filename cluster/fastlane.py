@@ -32,7 +32,7 @@ import hashlib
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import hiredis
 from redis import exceptions
@@ -166,6 +166,49 @@ class _ReplyError(Exception):
 AddressSource = Callable[[], Awaitable[Address]]
 
 
+def handshake(address: Address) -> list[tuple[Any, ...]]:
+    """The commands a new connection sends first: AUTH (with the ACL user, if the URL named
+    one) and SELECT, as redis-py's connections do."""
+    commands: list[tuple[Any, ...]] = []
+    if address.password is not None:
+        user = (address.username,) if address.username else ()
+        commands.append(("AUTH", *user, address.password))
+    if address.db:
+        commands.append(("SELECT", address.db))
+    return commands
+
+
+Opened = TypeVar("Opened", "_Pipe", "_PubSubPipe")
+
+
+async def open_connection(
+    address: Address,
+    protocol: Callable[[], Opened],
+    log_in: Callable[[Opened], Awaitable[None]],
+) -> Opened:
+    """Connect to ``address`` (TCP or a unix socket) and ``log_in``, within CONNECT_TIMEOUT_S;
+    failures as redis-py's exceptions. A connection that fails to log in is closed."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT_S):
+            if address.path:
+                _, opened = await loop.create_unix_connection(protocol, address.path)
+            else:
+                _, opened = await loop.create_connection(protocol, address.host, address.port)
+            try:
+                await log_in(opened)
+            except BaseException:
+                opened.close()
+                raise
+    except TimeoutError:
+        raise exceptions.TimeoutError(
+            f"connecting to Redis took over {CONNECT_TIMEOUT_S}s"
+        ) from None
+    except OSError as exc:
+        raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+    return opened
+
+
 class FastLane:
     """One pipelined connection to the server a redis-py client talks to."""
 
@@ -248,37 +291,15 @@ class FastLane:
                 self._connecting = None
 
     async def _connect(self) -> _Pipe:
-        address = await self._address()
-        loop = asyncio.get_running_loop()
         timeout = self._timeout_s
 
-        def protocol() -> _Pipe:
-            return _Pipe(timeout)
+        async def log_in(pipe: _Pipe) -> None:
+            # Pipelined; gather retrieves every answer, so a refused AUTH leaves no other
+            # step's error unread when the connection is closed.
+            await asyncio.gather(*[pipe.call(command) for command in handshake(address)])
 
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                if address.path:
-                    _, pipe = await loop.create_unix_connection(protocol, address.path)
-                else:
-                    _, pipe = await loop.create_connection(protocol, address.host, address.port)
-                handshake = []
-                if address.password is not None:
-                    auth = (
-                        ("AUTH", address.username, address.password)
-                        if address.username
-                        else ("AUTH", address.password)
-                    )
-                    handshake.append(pipe.call(auth))
-                if address.db:
-                    handshake.append(pipe.call(("SELECT", address.db)))
-                for step in handshake:
-                    await step
-        except TimeoutError:
-            raise exceptions.TimeoutError(
-                f"connecting to Redis took over {CONNECT_TIMEOUT_S}s"
-            ) from None
-        except OSError as exc:
-            raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+        address = await self._address()
+        pipe = await open_connection(address, lambda: _Pipe(timeout), log_in)
         self.connects += 1
         previous, self._pipe = self._pipe, pipe
         if previous is not None:
@@ -457,39 +478,23 @@ class LeanPubSub:
             pipe.close()
 
     async def _connect(self) -> _PubSubPipe:
+        async def log_in(pipe: _PubSubPipe) -> None:
+            # AUTH and SELECT answer before the connection is in subscribed mode: their
+            # replies are the first ones queued, checked here.
+            commands = handshake(address)
+            for command in commands:
+                pipe.send(command)
+            while len(pipe.messages) < len(commands) and pipe.failure is None:
+                await pipe.wait(CONNECT_TIMEOUT_S, len(commands))
+            if pipe.failure is not None:
+                raise pipe.failure
+            for _ in commands:
+                answer = pipe.messages.popleft()
+                if answer["type"] == "error":
+                    raise _reply_error(str(answer["data"]))
+
         address = await self._lane._address()
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                if address.path:
-                    _, pipe = await loop.create_unix_connection(_PubSubPipe, address.path)
-                else:
-                    _, pipe = await loop.create_connection(_PubSubPipe, address.host, address.port)
-                # AUTH and SELECT answer before the connection is in subscribed mode: their
-                # replies are the first two queued, checked here.
-                expected = 0
-                if address.password is not None:
-                    user = (address.username,) if address.username else ()
-                    pipe.send(("AUTH", *user, address.password))
-                    expected += 1
-                if address.db:
-                    pipe.send(("SELECT", address.db))
-                    expected += 1
-                while len(pipe.messages) < expected and pipe.failure is None:
-                    await pipe.wait(CONNECT_TIMEOUT_S, expected)
-                if pipe.failure is not None:
-                    raise pipe.failure
-                for _ in range(expected):
-                    answer = pipe.messages.popleft()
-                    if answer["type"] == "error":
-                        pipe.close()
-                        raise _reply_error(str(answer["data"]))
-        except TimeoutError:
-            raise exceptions.TimeoutError(
-                f"connecting to Redis took over {CONNECT_TIMEOUT_S}s"
-            ) from None
-        except OSError as exc:
-            raise exceptions.ConnectionError(f"cannot connect to Redis: {exc}") from exc
+        pipe = await open_connection(address, _PubSubPipe, log_in)
         self._pipe = pipe
         self.connection_pool = _PoolShape(address)
         return pipe

@@ -155,6 +155,13 @@ async def test_a_wrong_password_is_an_error_not_a_hang(own_redis: EmbeddedRedis)
     try:
         with pytest.raises(redis.exceptions.ResponseError):
             await asyncio.wait_for(lane.execute("PING"), 5)
+        # The refused connection was closed, not left open: only the counting one remains.
+        counter = redis.Redis(port=own_redis.port, password="right", decode_responses=True)
+        deadline = asyncio.get_running_loop().time() + 5
+        while int(counter.info("clients")["connected_clients"]) != 1:
+            assert asyncio.get_running_loop().time() < deadline, "the connection stayed open"
+            await asyncio.sleep(0.05)
+        counter.close()
     finally:
         await lane.close()
         await client.aclose()
