@@ -11,7 +11,6 @@ from cluster.runtime import ClusterRuntime
 
 from .lifecycle import NodeLifecycle
 
-
 # Connections the kernel may hold before the server accepts them. Twisted's default is 50: a
 # reconnect storm (a drained node's clients, all at once) overflowed it, and every dropped SYN
 # cost its client a 1 s retransmit (the bench's storm: p99 2.2 s; the kernel counted
