@@ -38,9 +38,11 @@ import inspect
 import logging
 import os
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
+
+from chatsite.by_identity import ByIdentity
 
 logger = logging.getLogger("chatsite.daphne_compat")
 SERVER_CODES = frozenset({1011, 1012, 1013, 1014})
@@ -52,30 +54,19 @@ INBOUND_CHECK_S = 0.01  # how soon a paused socket first looks whether it may re
 INBOUND_CHECK_MAX_S = 0.25  # and how seldom at most
 PREPARED_FRAMES = os.environ.get("RUNNODE_PREPARED_FRAMES", "on") != "off"
 _FRAMED_KEEP = 256  # frames whose bytes are remembered: the events a room's sockets still send
-# id(text) -> (text, frame bytes); holding the text keeps its id from being reused.
-_framed: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
-_last_framed: tuple[str | None, bytes] = (None, b"")
 
 
-def framed(text: str) -> bytes:
-    """One unmasked, uncompressed WebSocket text frame carrying ``text``, built once per text
-    object: the outbox hands every socket the same string for one event."""
-    global _last_framed
-    last = _last_framed
-    if last[0] is text:  # the fan-out asks for one event's frame once per socket in a row
-        return last[1]
-    cached = _framed.get(id(text))
-    if cached is not None and cached[0] is text:
-        _last_framed = cached
-        return cached[1]
+def _frame_bytes(text: str) -> bytes:
     from autobahn.websocket.protocol import PreparedMessage
 
     # What WebSocketServerFactory.prepareMessage builds (servers do not mask).
-    data = PreparedMessage(text.encode(), False, False, True).payloadHybi
-    _framed[id(text)] = _last_framed = (text, data)
-    if len(_framed) > _FRAMED_KEEP:
-        _framed.popitem(last=False)
+    data: bytes = PreparedMessage(text.encode(), False, False, True).payloadHybi
     return data
+
+
+# One unmasked, uncompressed WebSocket text frame carrying a text, built once per text object:
+# the outbox hands every socket the same string for one event.
+framed = ByIdentity(_frame_bytes, keep=_FRAMED_KEEP).get
 
 
 class TransportProbe:

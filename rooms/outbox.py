@@ -7,34 +7,22 @@ every local socket of a room, so the encoding of the last few frames is remember
 from __future__ import annotations
 
 import json
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any
+
+from chatsite.by_identity import ByIdentity
 
 Frame = dict[str, Any]
 _ENCODED_KEEP = 64
-# id(frame) -> (frame, text, bytes); holding the frame keeps its id from being reused.
-_encoded: OrderedDict[int, tuple[Frame, str, int]] = OrderedDict()
 
 
-_last_encoded: tuple[Frame | None, str, int] = (None, "", 0)
-
-
-def encode(frame: Frame) -> tuple[str, int]:
-    """The frame's JSON text and its size in UTF-8 bytes (what the transport will hold)."""
-    global _last_encoded
-    last = _last_encoded
-    if last[0] is frame:  # the fan-out encodes one event once per socket in a row
-        return last[1], last[2]
-    cached = _encoded.get(id(frame))
-    if cached is not None and cached[0] is frame:
-        _last_encoded = cached
-        return cached[1], cached[2]
+def _text_and_size(frame: Frame) -> tuple[str, int]:
     text = json.dumps(frame, ensure_ascii=False)
-    size = len(text) if text.isascii() else len(text.encode())
-    _encoded[id(frame)] = _last_encoded = (frame, text, size)
-    if len(_encoded) > _ENCODED_KEEP:
-        _encoded.popitem(last=False)
-    return text, size
+    return text, len(text) if text.isascii() else len(text.encode())
+
+
+# The frame's JSON text and its size in UTF-8 bytes (what the transport will hold).
+encode = ByIdentity(_text_and_size, keep=_ENCODED_KEEP).get
 
 
 class Outbox:
