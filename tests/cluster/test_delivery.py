@@ -15,25 +15,9 @@ import pytest
 from cluster.commands import Command
 from cluster.config import ClusterConfig
 from cluster.runtime import ClusterRuntime
+from tests.support.tab import Tab
 
 pytestmark = pytest.mark.asyncio
-
-
-class Tab:
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.frames: list[dict[str, Any]] = []
-        self.close_codes: list[int] = []
-
-    def deliver(self, frame: dict[str, Any]) -> None:
-        self.frames.append(frame)
-
-    def request_close(self, code: int) -> None:
-        self.close_codes.append(code)
-
-    @property
-    def seqs(self) -> list[int]:
-        return [int(f["seq"]) for f in self.frames if "seq" in f]
 
 
 class Broken(Tab):

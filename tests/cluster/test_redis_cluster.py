@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -32,25 +32,9 @@ from tests.support.cluster_plugin import (  # noqa: F401
     redis_cluster_session,
 )
 from tests.support.redis_cluster_topology import SYSTEM_REDIS_7, RedisClusterTopology
+from tests.support.tab import Tab
 
 Topology = RedisClusterTopology
-
-
-class Tab:
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.frames: list[dict[str, Any]] = []
-        self.close_codes: list[int] = []
-
-    def deliver(self, frame: dict[str, Any]) -> None:
-        self.frames.append(frame)
-
-    def request_close(self, code: int) -> None:
-        self.close_codes.append(code)
-
-    @property
-    def seqs(self) -> list[int]:
-        return [int(f["seq"]) for f in self.frames if "seq" in f]
 
 
 def rooms_on_every_master(topology: Topology, count_per_master: int = 1) -> list[str]:
@@ -281,6 +265,41 @@ async def send_until_acked(
                 await asyncio.sleep(0.05)
 
 
+async def acked_through(
+    a: ClusterRuntime,
+    tab: Tab,
+    slug: str,
+    fault: Callable[[], Awaitable[None]],
+    *,
+    pause_s: float,
+) -> list[int]:
+    """Send to ``slug`` on ``a`` before, during and after ``fault`` (a writer keeps sending,
+    one message per ``pause_s``, while it runs); then check that ``tab``, a socket on another
+    node, got every acked event, in order, each once: what pub/sub lost meanwhile is filled
+    from the log. Returns the acked seqs."""
+    acked = [await send_until_acked(a, slug, f"before-{i}") for i in range(5)]
+    await eventually(lambda: tab.seqs == acked, "delivered before the fault")
+
+    async def writer(stop: asyncio.Event) -> None:
+        n = 0
+        while not stop.is_set():
+            acked.append(await send_until_acked(a, slug, f"during-{n}"))
+            n += 1
+            await asyncio.sleep(pause_s)
+
+    stop = asyncio.Event()
+    writing = asyncio.create_task(writer(stop))
+    await fault()
+    for i in range(5):
+        acked.append(await send_until_acked(a, slug, f"after-{i}"))
+    stop.set()
+    await writing
+    await eventually(lambda: tab.seqs[-1:] == [max(acked)], "delivered after", timeout=15)
+    assert tab.seqs == sorted(set(tab.seqs))
+    assert set(acked) <= set(tab.seqs), sorted(set(acked) - set(tab.seqs))
+    return acked
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize("how", ["sigkill", "manual"])
 async def test_shard_fail_over_under_a_room_loses_no_acked_event(
@@ -301,30 +320,13 @@ async def test_shard_fail_over_under_a_room_loses_no_acked_event(
     ):
         tab = Tab("reader")
         await b.attach(slug, tab)
-        acked = [await send_until_acked(a, slug, f"before-{i}") for i in range(5)]
-        await eventually(lambda: tab.seqs == acked, "delivered before the fail-over")
-
-        async def writer(stop: asyncio.Event) -> None:
-            n = 0
-            while not stop.is_set():
-                acked.append(await send_until_acked(a, slug, f"during-{n}"))
-                n += 1
-                await asyncio.sleep(0.02)
-
-        stop = asyncio.Event()
-        writing = asyncio.create_task(writer(stop))
         fail_over = redis_cluster.kill_master if how == "sigkill" else redis_cluster.failover
-        promoted = await asyncio.to_thread(fail_over, master)
-        assert redis_cluster.master_for_key(RoomKeys(slug).log) == promoted
-        for i in range(5):
-            acked.append(await send_until_acked(a, slug, f"after-{i}"))
-        stop.set()
-        await writing
-        # Every acked event reaches the other node's socket, in order, each once: what pub/sub
-        # lost while the shard failed over is filled from the log.
-        await eventually(lambda: tab.seqs[-1:] == [max(acked)], "delivered after", timeout=15)
-        assert tab.seqs == sorted(set(tab.seqs))
-        assert set(acked) <= set(tab.seqs), sorted(set(acked) - set(tab.seqs))
+
+        async def shard_fails_over() -> None:
+            promoted = await asyncio.to_thread(fail_over, master)
+            assert redis_cluster.master_for_key(RoomKeys(slug).log) == promoted
+
+        await acked_through(a, tab, slug, shard_fails_over, pause_s=0.02)
         if b.hub.sharded and how == "sigkill":
             assert b.hub.reconnects >= 1  # the dead master's shard link was placed again
         if b.hub.sharded and how == "manual":
@@ -347,27 +349,12 @@ async def test_slot_migration_under_a_room_loses_no_acked_event(
     ):
         tab = Tab("reader")
         await b.attach(slug, tab)
-        acked = [await send_until_acked(a, slug, f"before-{i}") for i in range(5)]
-        await eventually(lambda: tab.seqs == acked, "delivered before the migration")
 
-        async def writer(stop: asyncio.Event) -> None:
-            n = 0
-            while not stop.is_set():
-                acked.append(await send_until_acked(a, slug, f"during-{n}"))
-                n += 1
-                await asyncio.sleep(0.01)
+        async def slot_migrates() -> None:
+            await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
+            assert redis_cluster.master_for_key(RoomKeys(slug).log) == target
 
-        stop = asyncio.Event()
-        writing = asyncio.create_task(writer(stop))
-        await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
-        assert redis_cluster.master_for_key(RoomKeys(slug).log) == target
-        for i in range(5):
-            acked.append(await send_until_acked(a, slug, f"after-{i}"))
-        stop.set()
-        await writing
-        await eventually(lambda: tab.seqs[-1:] == [max(acked)], "delivered after", timeout=15)
-        assert tab.seqs == sorted(set(tab.seqs))
-        assert set(acked) <= set(tab.seqs), sorted(set(acked) - set(tab.seqs))
+        acked = await acked_through(a, tab, slug, slot_migrates, pause_s=0.01)
         assert redis_cluster.client(target).xlen(RoomKeys(slug).log) == len(set(acked))
         if b.hub.sharded:
             # Redis 7 dropped the room's shard subscription when the slot left its master
