@@ -105,7 +105,9 @@ class TransportProbe:
             return False
         if id(transport) == self._plain_tcp:
             # The fan-out's common case, once per socket per event: a look at Twisted's
-            # buffer, then one send on the socket.
+            # buffer, then one send on the socket. The buffer is read inline, as _fd_buffered
+            # does it without its getattr defaults (a plain TCP transport has every field):
+            # that helper's call would be ~1 % of the CPU per delivery.
             if len(transport.dataBuffer) - transport.offset + transport._tempDataLen:
                 if only_if_idle:
                     return False
